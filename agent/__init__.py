@@ -1,0 +1,1 @@
+"""The on-premise agent: holds a reverse SSH tunnel to the relay."""

@@ -1,0 +1,164 @@
+"""``onprem-agent``: run | check | version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+import asyncssh
+
+from agent import config as agent_config
+from agent.allowlist import Allowlist
+from agent.daemon import Agent, connect
+from agent.errors import FatalError
+from shared.config import ConfigError
+from shared.logging import configure_logging
+from shared.net import parse_host_port
+from shared.version import __version__
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="onprem-agent", description="On-premise agent")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in (
+        ("run", "connect to the relay and serve streams (foreground)"),
+        ("check", "diagnose config, relay reachability, host key, token, allowlist"),
+    ):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument(
+            "--config",
+            help="agent.yaml (default: env ONPREM_AGENT_CONFIG, else "
+            f"{agent_config.DEFAULT_CONFIG})",
+        )
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+async def _run(cfg: agent_config.AgentConfig, token: str) -> int:
+    agent = Agent(cfg, token)
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if not stopping:
+            stopping.append(loop.create_task(agent.stop()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await agent.run()
+    except FatalError as exc:
+        print(f"onprem-agent: fatal: {exc}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        for task in stopping:
+            await task
+    return 0
+
+
+def _cmd_run(config_file: str | None) -> int:
+    cfg = agent_config.load(config_file)
+    token = cfg.read_token()
+    configure_logging(cfg.log.level, cfg.log.format)
+    return asyncio.run(_run(cfg, token))
+
+
+def _check(ok: bool, label: str, fix: str = "") -> bool:
+    print(f"[{'ok' if ok else 'FAIL'}] {label}")
+    if not ok and fix:
+        print(f"       fix: {fix}")
+    return ok
+
+
+async def _check_relay(cfg: agent_config.AgentConfig, token: str) -> bool:
+    address = cfg.relay.address
+    if address.startswith(("ws://", "wss://")):
+        return _check(False, f"relay address {address}", "WebSocket transport is not built yet")
+    host, port = parse_host_port(address, default_port=2222)
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        _check(True, f"DNS: {host} -> {', '.join(sorted({i[4][0] for i in infos}))}")
+    except OSError as exc:
+        return _check(False, f"DNS: {host}: {exc}", "check the relay host name and DNS")
+    try:
+        started = time.monotonic()
+        async with asyncio.timeout(cfg.connect_timeout_s):
+            _, writer = await asyncio.open_connection(host, port)
+        writer.close()
+        ms = (time.monotonic() - started) * 1000
+        _check(True, f"TCP: {host}:{port} reachable ({ms:.0f} ms)")
+    except (OSError, TimeoutError) as exc:
+        return _check(
+            False,
+            f"TCP: {host}:{port}: {type(exc).__name__}: {exc}",
+            "allow outbound TCP to the relay in the firewall, or set 'proxy'",
+        )
+    try:
+        conn = await connect(cfg, token)
+    except FatalError as exc:
+        return _check(False, f"SSH: {exc}", "compare relay.host_key / token with the relay")
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        return _check(False, f"SSH: {type(exc).__name__}: {exc}", "is this the relay's SSH port?")
+    _check(True, f"SSH: host key {cfg.relay.host_key} pinned and matching")
+    _check(True, f"SSH: token accepted for {cfg.agent_id}")
+    conn.close()
+    with contextlib.suppress(Exception):
+        await conn.wait_closed()
+    return True
+
+
+def _cmd_check(config_file: str | None) -> int:
+    path = agent_config.config_path(config_file)
+    try:
+        cfg = agent_config.load(config_file)
+    except ConfigError as exc:
+        _check(False, f"config {path}: {exc}", "fix the file; see deploy/agent.example.yaml")
+        return 1
+    _check(True, f"config {path} is valid")
+    try:
+        token = cfg.read_token()
+        _check(True, "access token readable")
+    except ConfigError as exc:
+        _check(False, f"access token: {exc}", "write the token printed by 'agents create'")
+        return 1
+    ok = asyncio.run(_check_relay(cfg, token))
+    allow = Allowlist.parse(cfg.allow)
+    if not cfg.allow:
+        _check(False, "allowlist is empty: the relay can reach nothing", "add host:port entries")
+        ok = False
+    elif "*" in cfg.allow:
+        print("[warn] allowlist has '*': the relay may reach any host; list hosts instead")
+    else:
+        _check(True, f"allowlist: {len(cfg.allow)} entries ({', '.join(cfg.allow)})")
+    del allow
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "version":
+            print(f"onprem-agent {__version__}")
+            return 0
+        if args.command == "run":
+            return _cmd_run(args.config)
+        if args.command == "check":
+            return _cmd_check(args.config)
+    except ConfigError as exc:
+        print(f"onprem-agent: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except FatalError as exc:
+        print(f"onprem-agent: fatal: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE

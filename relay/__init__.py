@@ -1,0 +1,1 @@
+"""The cloud relay: SSH endpoint for agents, registry, REST API."""

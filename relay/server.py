@@ -1,0 +1,102 @@
+"""``onprem-relay serve``: the registry, the SSH endpoint, the HTTP API, together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+from aiohttp import web
+
+from relay.api.app import make_app
+from relay.config import RelayConfig
+from relay.hub import AgentHub
+from relay.keys import fingerprint, load_or_create_host_key
+from relay.localfwd import start_local_forward
+from relay.metrics import RelayMetrics
+from relay.registry import Registry
+from relay.sshd import SSHEndpoint
+from shared.logging import configure_logging
+from shared.net import parse_host_port
+from shared.version import __version__
+
+log = structlog.get_logger("relay.server")
+
+
+async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully:
+    stop accepting, drain open streams within ``shutdown_timeout_s``, close."""
+    configure_logging(config.log.level, config.log.format)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    registry = await Registry.open(config.database_url, base_dir=config.base_dir)
+    try:
+        await registry.upgrade()
+        host_key = load_or_create_host_key(config.path(config.ssh.host_key_file))
+        ssh = config.ssh
+        hub = AgentHub(
+            metrics=RelayMetrics(),
+            open_timeout=ssh.stream_open_timeout_s,
+            window=ssh.window,
+            max_pktsize=ssh.max_pktsize,
+            max_channels_per_session=ssh.max_channels_per_session,
+        )
+        endpoint = SSHEndpoint(
+            registry=registry,
+            hub=hub,
+            host_key=host_key,
+            node_id=config.node_id,
+            login_timeout=ssh.login_timeout_s,
+            keepalive_interval=ssh.keepalive_interval_s,
+            keepalive_count_max=ssh.keepalive_count_max,
+            max_sessions_per_agent=ssh.max_sessions_per_agent,
+            auth_failures_per_minute=ssh.auth_failures_per_minute,
+            token_recheck_interval=ssh.token_recheck_interval_s,
+            presence_interval=ssh.presence_interval_s,
+        )
+        ssh_host, ssh_port = parse_host_port(ssh.listen)
+        ssh_ready = {"listening": False}
+        bound_ssh = await endpoint.start(ssh_host, ssh_port)
+        ssh_ready["listening"] = True
+
+        runner = web.AppRunner(make_app(hub, registry, ssh_ready), access_log=None)
+        await runner.setup()
+        http_host, http_port = parse_host_port(config.http.listen)
+        site = web.TCPSite(runner, http_host, http_port, backlog=1024)
+        await site.start()
+        server = site._server
+        bound_http = server.sockets[0].getsockname()[1] if server is not None else http_port
+
+        forwards = []
+        forward_ports = []
+        for fwd in config.local_forwards:
+            srv = await start_local_forward(hub, fwd.listen, fwd.agent_id, fwd.target)
+            forwards.append(srv)
+            forward_ports.append(srv.sockets[0].getsockname()[1])
+
+        log.info(
+            "relay_listening",
+            version=__version__,
+            ssh_port=bound_ssh,
+            http_port=bound_http,
+            local_forward_ports=forward_ports,
+            host_key=fingerprint(host_key),
+            node_id=config.node_id,
+        )
+        await stop.wait()
+        log.info("relay_stopping", streams_open=hub.streams_open)
+        endpoint.stop_accepting()
+        ssh_ready["listening"] = False
+        for srv in forwards:
+            srv.close()
+        await hub.close(config.shutdown_timeout_s)
+        await endpoint.close()
+        await runner.cleanup()
+        log.info("relay_stopped")
+    finally:
+        await registry.close()

@@ -1,0 +1,205 @@
+"""Moving bytes between two transports by callbacks, with flow control both ways.
+
+``ChannelTransport`` makes an asyncssh channel look like an asyncio transport, so the
+same ``Pipe`` protocol splices TCP<->channel on the agent and on the relay. No task
+per stream, no intermediate queue: each ``data_received`` is one ``write`` on the
+other side, and a full write buffer pauses reading on the other side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncssh
+
+
+class ChannelTransport(asyncio.Transport):
+    """An asyncio transport over an open SSH channel."""
+
+    def __init__(self, chan: asyncssh.SSHTCPChannel[bytes], peer: tuple[str, int]) -> None:
+        super().__init__()
+        self._chan = chan
+        self._peer = peer
+        self.closing = False
+        self._protocol: asyncio.BaseProtocol | None = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self._peer
+        if name == "sockname":
+            return ("0.0.0.0", 0)
+        if name == "ssh_channel":
+            return self._chan
+        return default
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self._protocol is not None
+        return self._protocol
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self._chan.close()
+
+    def abort(self) -> None:
+        self.close()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.closing and data:
+            self._chan.write(data if isinstance(data, bytes) else bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        if not self.closing:
+            self._chan.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        self._chan.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._chan.resume_reading()
+
+    def is_reading(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._chan.get_write_buffer_size())
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._chan.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (0, 0)
+
+
+class Pipe(asyncio.Protocol):
+    """One end of a splice. Link two with ``link(a, b)``; bytes received by one are
+    written to the other's transport. Until linked, received bytes are kept (a client
+    may speak before the other side is connected) and reading is paused."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: Pipe | None = None
+        self.bytes_in = 0
+        self._early: list[bytes] = []
+        self._early_eof = False
+        self._closed = asyncio.get_running_loop().create_future()
+
+    @property
+    def closed(self) -> asyncio.Future[None]:
+        return self._closed
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)
+        else:
+            self._early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        peer = self.peer
+        if peer is None or peer.transport is None:
+            self._early_eof = True
+            return True
+        if peer.transport.can_write_eof():
+            peer.transport.write_eof()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.close()
+
+    def pause_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.resume_reading()
+
+    def flush_early(self) -> None:
+        """Send what arrived before linking, and start reading again."""
+        assert self.peer is not None and self.peer.transport is not None
+        early, self._early = self._early, []
+        for chunk in early:
+            self.peer.transport.write(chunk)
+        if self._early_eof:
+            self.eof_received()
+        elif self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+def link(a: Pipe, b: Pipe) -> None:
+    a.peer, b.peer = b, a
+    a.flush_early()
+    b.flush_early()
+
+
+class ProtocolSession(asyncssh.SSHTCPSession):  # type: ignore[misc]
+    """Forwards an asyncssh channel's session callbacks to an asyncio protocol.
+
+    Subclasses handle a handshake first and call ``attach`` when the channel carries
+    plain stream bytes."""
+
+    def __init__(self) -> None:
+        self.chan: asyncssh.SSHTCPChannel[bytes] | None = None
+        self.protocol: asyncio.Protocol | None = None
+        self.transport: ChannelTransport | None = None
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        self.chan = chan
+
+    def attach(self, protocol: asyncio.Protocol, peer: tuple[str, int]) -> ChannelTransport:
+        assert self.chan is not None
+        transport = ChannelTransport(self.chan, peer)
+        transport.set_protocol(protocol)
+        self.transport, self.protocol = transport, protocol
+        protocol.connection_made(transport)
+        return transport
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        if self.protocol is not None:
+            self.protocol.data_received(data)
+
+    def eof_received(self) -> bool:
+        if self.protocol is not None:
+            return bool(self.protocol.eof_received())
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.transport.closing = True
+        if self.protocol is not None:
+            self.protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.protocol is not None:
+            self.protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.protocol is not None:
+            self.protocol.resume_writing()

@@ -1,0 +1,362 @@
+"""The tunnel in one process: the real relay SSH endpoint and AgentHub, the real agent,
+real TCP targets, a real SQLite registry. Security refusals and stream failures."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from agent.config import AgentConfig
+from agent.daemon import Agent
+from agent.errors import AuthRejectedError, HostKeyMismatchError
+from relay.errors import (
+    AgentOfflineError,
+    StreamTimeoutError,
+    TargetNotAllowedError,
+    TargetRefusedError,
+    TargetUnreachableError,
+)
+from relay.hub import AgentHub
+from relay.keys import fingerprint, load_or_create_host_key
+from relay.registry import Registry
+from relay.sshd import AuthThrottle, SSHEndpoint
+
+TIMEOUT = 10.0 * float(os.environ.get("ONPREM_TEST_TIMEOUT_FACTOR", "1"))
+
+
+@dataclass
+class Relay:
+    registry: Registry
+    hub: AgentHub
+    endpoint: SSHEndpoint
+    port: int
+    host_key: str
+    account_id: str
+    agent_id: str
+    token: str
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
+    registry = await Registry.open(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
+    await registry.upgrade()
+    account, _ = await registry.create_account("acme")
+    agent, token = await registry.create_agent(account.id, "erp-agent")
+    key = load_or_create_host_key(tmp_path / "host_key")
+    hub = AgentHub(open_timeout=3.0)
+    endpoint = SSHEndpoint(
+        registry=registry,
+        hub=hub,
+        host_key=key,
+        node_id="test",
+        keepalive_interval=1.0,
+        token_recheck_interval=0.2,
+        presence_interval=0.5,
+        auth_failures_per_minute=5,
+    )
+    port = await endpoint.start("127.0.0.1", 0)
+    yield Relay(registry, hub, endpoint, port, fingerprint(key), account.id, agent.id, token)
+    await hub.close(0.5)
+    await endpoint.close()
+    await registry.close()
+
+
+def agent_config(relay: Relay, allow: list[str], **extra: object) -> AgentConfig:
+    return AgentConfig.model_validate(
+        {
+            "relay": {"address": f"127.0.0.1:{relay.port}", "host_key": relay.host_key},
+            "agent_id": relay.agent_id,
+            "allow": allow,
+            "backoff_initial_s": 0.05,
+            "backoff_max_s": 0.2,
+            "dial_timeout_s": 1.0,
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+async def start_agent(
+    relay: Relay,
+) -> AsyncIterator[Callable[..., Awaitable[tuple[Agent, asyncio.Task[None]]]]]:
+    started: list[tuple[Agent, asyncio.Task[None]]] = []
+
+    async def start(
+        allow: list[str], *, token: str | None = None, wait: bool = True, **extra: object
+    ) -> tuple[Agent, asyncio.Task[None]]:
+        agent = Agent(agent_config(relay, allow, **extra), token or relay.token)
+        task = asyncio.create_task(agent.run())
+        started.append((agent, task))
+        if wait:
+            async with asyncio.timeout(TIMEOUT):
+                await agent.wait_connected(agent.config.connections)
+                await relay.hub.wait_online(relay.agent_id, TIMEOUT)
+        return agent, task
+
+    yield start
+    for agent, task in started:
+        if not task.done():
+            await agent.stop()
+            async with asyncio.timeout(TIMEOUT):
+                await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture
+async def echo_server() -> AsyncIterator[tuple[int, list[int]]]:
+    """A TCP server answering each connection with sha256(all bytes until EOF) + the
+    bytes themselves; counts accepted connections."""
+    accepted: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        data = await reader.read()
+        writer.write(hashlib.sha256(data).digest() + data)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1], accepted
+    server.close()
+    await server.wait_closed()
+
+
+async def test_stream_carries_1mib_each_way(relay: Relay, start_agent, echo_server) -> None:
+    port, accepted = echo_server
+    await start_agent([f"127.0.0.1:{port}"])
+    payload = os.urandom(1024 * 1024)
+    async with asyncio.timeout(TIMEOUT):
+        reader, writer = await relay.hub.open_stream(relay.agent_id, "127.0.0.1", port)
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+        answer = await reader.read()
+        writer.close()
+    assert answer[:32] == hashlib.sha256(payload).digest()
+    assert answer[32:] == payload
+    assert accepted == [1]
+
+
+async def test_many_concurrent_streams(relay: Relay, start_agent, echo_server) -> None:
+    port, accepted = echo_server
+    await start_agent([f"127.0.0.1:{port}"])
+
+    async def one(i: int) -> bool:
+        body = os.urandom(1000 + i)
+        reader, writer = await relay.hub.open_stream(relay.agent_id, "127.0.0.1", port)
+        writer.write(body)
+        writer.write_eof()
+        answer = await reader.read()
+        writer.close()
+        return answer == hashlib.sha256(body).digest() + body
+
+    async with asyncio.timeout(TIMEOUT):
+        results = await asyncio.gather(*(one(i) for i in range(100)))
+    assert all(results)
+    assert len(accepted) == 100
+
+
+async def test_target_outside_allowlist_is_refused_without_dialling(
+    relay: Relay, start_agent, echo_server
+) -> None:
+    port, accepted = echo_server
+    await start_agent(["127.0.0.1:1"])
+    with pytest.raises(TargetNotAllowedError):
+        await relay.hub.open_stream(relay.agent_id, "127.0.0.1", port)
+    with pytest.raises(TargetNotAllowedError):
+        await relay.hub.open_stream(relay.agent_id, "localhost", port)
+    assert accepted == []
+
+
+async def test_refused_and_unresolvable_targets(relay: Relay, start_agent) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    await start_agent(["*"])
+    with pytest.raises(TargetRefusedError):
+        await relay.hub.open_stream(relay.agent_id, "127.0.0.1", closed_port)
+    with pytest.raises(TargetUnreachableError):
+        await relay.hub.open_stream(relay.agent_id, "no-such-host.invalid", 80)
+
+
+async def test_hanging_target_times_out_and_leaks_nothing(relay: Relay, start_agent) -> None:
+    # A listener that never accepts, with its backlog full: further SYNs are dropped,
+    # so the agent's dial hangs until its dial timeout.
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(0)
+    port = hang.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(c)
+    agent, _ = await start_agent([f"127.0.0.1:{port}"], dial_timeout_s=0.3)
+    tasks_before = len(asyncio.all_tasks())
+    try:
+        for _ in range(3):
+            with pytest.raises(StreamTimeoutError):
+                await relay.hub.open_stream(relay.agent_id, "127.0.0.1", port)
+        async with asyncio.timeout(TIMEOUT):
+            await agent.stats.idle.wait()
+            await relay.hub.wait_idle()
+        assert relay.hub.streams_open == 0
+        assert agent.stats.open == 0
+        assert agent.stats.total.get("timed_out") == 3
+        assert len(asyncio.all_tasks()) <= tasks_before
+    finally:
+        for c in fillers:
+            c.close()
+        hang.close()
+
+
+async def test_relay_side_timeout_closes_the_channel(relay: Relay, start_agent) -> None:
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(0)
+    port = hang.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        c = socket.socket()
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(c)
+    agent, _ = await start_agent([f"127.0.0.1:{port}"], dial_timeout_s=30)
+    try:
+        with pytest.raises(StreamTimeoutError):
+            await relay.hub.open_stream(relay.agent_id, "127.0.0.1", port, timeout=0.3)
+        async with asyncio.timeout(TIMEOUT):
+            await agent.stats.idle.wait()
+            await relay.hub.wait_idle()
+        assert relay.hub.streams_open == 0
+    finally:
+        for c in fillers:
+            c.close()
+        hang.close()
+
+
+async def test_offline_agent(relay: Relay) -> None:
+    with pytest.raises(AgentOfflineError):
+        await relay.hub.open_stream(relay.agent_id, "127.0.0.1", 80)
+
+
+async def test_wrong_token_is_fatal(relay: Relay, start_agent) -> None:
+    _, task = await start_agent(["*"], token="oat_" + "x" * 43, wait=False)
+    with pytest.raises(AuthRejectedError):
+        async with asyncio.timeout(TIMEOUT):
+            await task
+    assert not relay.hub.is_online(relay.agent_id)
+
+
+async def test_host_key_mismatch_is_fatal(relay: Relay, tmp_path: Path) -> None:
+    other = fingerprint(asyncssh.generate_private_key("ssh-ed25519"))
+    cfg = agent_config(relay, ["*"]).model_copy(
+        update={"relay": agent_config(relay, []).relay.model_copy(update={"host_key": other})}
+    )
+    with pytest.raises(HostKeyMismatchError):
+        async with asyncio.timeout(TIMEOUT):
+            await Agent(cfg, relay.token).run()
+
+
+@pytest.mark.parametrize("action", ["rotate", "delete"])
+async def test_rotated_or_deleted_token_drops_live_session(
+    relay: Relay, start_agent, action: str
+) -> None:
+    _, task = await start_agent(["*"])
+    if action == "rotate":
+        await relay.registry.rotate_agent_token(relay.agent_id)
+    else:
+        await relay.registry.delete_agent(relay.agent_id)
+    with pytest.raises(AuthRejectedError):
+        async with asyncio.timeout(TIMEOUT):
+            await task
+    assert not relay.hub.is_online(relay.agent_id)
+
+
+async def test_parallel_sessions_share_streams(relay: Relay, start_agent, echo_server) -> None:
+    port, _ = echo_server
+    await start_agent([f"127.0.0.1:{port}"], connections=3)
+    assert len(relay.hub.sessions(relay.agent_id)) == 3
+    streams = [await relay.hub.open_stream(relay.agent_id, "127.0.0.1", port) for _ in range(6)]
+    assert sorted(s.streams for s in relay.hub.sessions(relay.agent_id)) == [2, 2, 2]
+    for _, writer in streams:
+        writer.close()
+
+
+async def _client(relay: Relay) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect(
+        "127.0.0.1",
+        relay.port,
+        username=relay.agent_id,
+        password=relay.token,
+        known_hosts=None,
+        client_keys=None,
+        agent_path=None,
+        config=[],
+    )
+
+
+async def test_relay_refuses_everything_but_the_dynamic_forward(relay: Relay) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        conn = await _client(relay)
+        async with conn:
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.run("id")
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.create_session(asyncssh.SSHClientSession, term_type="xterm")
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.start_sftp_client()
+            with pytest.raises(asyncssh.ChannelOpenError):  # direct-tcpip
+                await conn.open_connection("127.0.0.1", relay.port)
+            with pytest.raises(asyncssh.ChannelListenError):  # a real port on the relay
+                await conn.forward_remote_port("", 18080, "127.0.0.1", 80)
+            listener = await conn.forward_remote_port("localhost", 0, "127.0.0.1", 80)
+            assert listener.get_port() != 0
+            with pytest.raises(asyncssh.ChannelListenError):  # only one per connection
+                await conn.forward_remote_port("localhost", 0, "127.0.0.1", 80)
+            # The forward bound nothing on the relay.
+            with socket.socket() as s:
+                assert s.connect_ex(("127.0.0.1", listener.get_port())) != 0
+
+
+async def test_failed_logins_are_throttled_per_source(relay: Relay) -> None:
+    for _ in range(5):
+        with pytest.raises(asyncssh.PermissionDenied):
+            await asyncssh.connect(
+                "127.0.0.1",
+                relay.port,
+                username=relay.agent_id,
+                password="wrong",
+                known_hosts=None,
+                client_keys=None,
+                agent_path=None,
+                config=[],
+            )
+    # Now even the right token is turned away, without a verdict on it.
+    with pytest.raises(asyncssh.DisconnectError) as info:
+        await _client(relay)
+    assert not isinstance(info.value, asyncssh.PermissionDenied)
+
+
+def test_auth_throttle_window() -> None:
+    t = AuthThrottle(max_failures=2, window=60)
+    t.failed("a", now=0)
+    assert not t.blocked("a", now=1)
+    t.failed("a", now=2)
+    assert t.blocked("a", now=3)
+    assert not t.blocked("b", now=3)
+    assert not t.blocked("a", now=63)
