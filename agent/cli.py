@@ -86,7 +86,7 @@ async def _check_relay(cfg: agent_config.AgentConfig, token: str) -> bool:
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        _check(True, f"DNS: {host} -> {', '.join(sorted({i[4][0] for i in infos}))}")
+        _check(True, f"DNS: {host} -> {', '.join(sorted({str(i[4][0]) for i in infos}))}")
     except OSError as exc:
         return _check(False, f"DNS: {host}: {exc}", "check the relay host name and DNS")
     try:

@@ -32,7 +32,7 @@ ENCRYPTION_ALGS = [
 ]
 
 
-class _PinnedHostKey(asyncssh.SSHClient):  # type: ignore[misc]
+class _PinnedHostKey(asyncssh.SSHClient):
     """Accepts exactly the relay host key whose fingerprint is pinned in the config."""
 
     def __init__(self, fingerprint: str) -> None:

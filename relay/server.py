@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 
 import structlog
@@ -28,6 +29,8 @@ async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> No
     """Run until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully:
     stop accepting, drain open streams within ``shutdown_timeout_s``, close."""
     configure_logging(config.log.level, config.log.format)
+    # Alembic narrates every migration step at INFO; operators need only problems.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -69,8 +72,9 @@ async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> No
         http_host, http_port = parse_host_port(config.http.listen)
         site = web.TCPSite(runner, http_host, http_port, backlog=1024)
         await site.start()
-        server = site._server
-        bound_http = server.sockets[0].getsockname()[1] if server is not None else http_port
+        bound_http = http_port
+        if isinstance(site._server, asyncio.Server) and site._server.sockets:
+            bound_http = site._server.sockets[0].getsockname()[1]
 
         forwards = []
         forward_ports = []

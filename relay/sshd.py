@@ -73,7 +73,7 @@ class AuthThrottle:
             self._failures.popitem(last=False)
 
 
-class VirtualListener(asyncssh.SSHListener):  # type: ignore[misc]
+class VirtualListener(asyncssh.SSHListener):
     """What ``tcpip-forward`` with port 0 gets: a port number and no socket."""
 
     def __init__(self, port: int) -> None:
@@ -102,7 +102,7 @@ def parse_client_version(banner: str) -> tuple[str, str]:
     return software[:100], hostname
 
 
-class _AgentConnection(asyncssh.SSHServer):  # type: ignore[misc]
+class _AgentConnection(asyncssh.SSHServer):
     def __init__(self, endpoint: SSHEndpoint) -> None:
         self._ep = endpoint
         self._conn: asyncssh.SSHServerConnection | None = None

@@ -95,6 +95,8 @@ class Pipe(asyncio.Protocol):
         self.bytes_in = 0
         self._early: list[bytes] = []
         self._early_eof = False
+        self._eof_in = False  # the other end of our transport sent EOF
+        self._eof_out = False  # we sent EOF on our transport
         self._closed = asyncio.get_running_loop().create_future()
 
     @property
@@ -115,14 +117,28 @@ class Pipe(asyncio.Protocol):
                 self.transport.pause_reading()
 
     def eof_received(self) -> bool:
+        self._eof_in = True
         peer = self.peer
         if peer is None or peer.transport is None:
             self._early_eof = True
             return True
-        if peer.transport.can_write_eof():
-            peer.transport.write_eof()
-            return True
-        return False
+        if not peer.transport.can_write_eof():
+            return False
+        peer._send_eof()
+        if self._eof_out and self.transport is not None:
+            # Both directions are finished: asyncio would keep a half-closed
+            # transport open forever.
+            self.transport.close()
+        return True
+
+    def _send_eof(self) -> None:
+        assert self.transport is not None
+        if self._eof_out:
+            return
+        self._eof_out = True
+        self.transport.write_eof()
+        if self._eof_in:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._closed.done():
@@ -159,7 +175,7 @@ def link(a: Pipe, b: Pipe) -> None:
     b.flush_early()
 
 
-class ProtocolSession(asyncssh.SSHTCPSession):  # type: ignore[misc]
+class ProtocolSession(asyncssh.SSHTCPSession[bytes]):
     """Forwards an asyncssh channel's session callbacks to an asyncio protocol.
 
     Subclasses handle a handshake first and call ``attach`` when the channel carries

@@ -360,3 +360,57 @@ def test_auth_throttle_window() -> None:
     assert t.blocked("a", now=3)
     assert not t.blocked("b", now=3)
     assert not t.blocked("a", now=63)
+
+
+async def test_agent_stop_drains_in_flight_streams(relay: Relay, start_agent) -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    agent, task = await start_agent([f"127.0.0.1:{port}"], drain_timeout_s=30)
+    async with asyncio.timeout(TIMEOUT):
+        reader, writer = await relay.hub.open_stream(relay.agent_id, "127.0.0.1", port)
+        stopping = asyncio.create_task(agent.stop())
+        # While draining, the open stream keeps working and new ones are refused.
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        with pytest.raises(AgentOfflineError):
+            await relay.hub.open_stream(relay.agent_id, "127.0.0.1", port)
+        assert not stopping.done()
+        writer.close()
+        await stopping
+        await task
+    server.close()
+    await server.wait_closed()
+
+
+async def test_local_forward_closes_streams_after_both_eofs(
+    relay: Relay, start_agent, echo_server
+) -> None:
+    from relay.localfwd import start_local_forward
+
+    port, _ = echo_server
+    agent, _ = await start_agent([f"127.0.0.1:{port}"])
+    server = await start_local_forward(
+        relay.hub, "127.0.0.1:0", relay.agent_id, f"127.0.0.1:{port}"
+    )
+    local_port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection("127.0.0.1", local_port)
+                writer.write(b"x" * 100_000)
+                writer.write_eof()
+                answer = await reader.read()
+                assert answer[32:] == b"x" * 100_000
+                writer.close()
+                await writer.wait_closed()
+            # Nothing stays half-open on either side.
+            await relay.hub.wait_idle()
+            await agent.stats.idle.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
