@@ -12,11 +12,15 @@ from typing import Any
 
 import asyncssh
 import structlog
+from aiohttp import web
 
 from agent.allowlist import Allowlist
+from agent.audit import AuditLog
 from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.errors import AuthRejectedError, FatalError, HostKeyMismatchError
+from agent.health import start_health
+from agent.metrics import AgentMetrics
 from agent.tunnel import AgentStream, StreamStats
 from shared.net import parse_host_port
 from shared.version import __version__
@@ -86,14 +90,25 @@ async def connect(config: AgentConfig, token: str) -> asyncssh.SSHClientConnecti
     return conn
 
 
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        if isinstance(server, asyncio.Server) and server.sockets:
+            return int(server.sockets[0].getsockname()[1])
+    return None
+
+
 class Agent:
     def __init__(self, config: AgentConfig, token: str) -> None:
         self.config = config
         self._token = token
         self.allowlist = Allowlist.parse(config.allow)
-        self.stats = StreamStats()
+        self.metrics = AgentMetrics()
+        self.audit = AuditLog(config.audit_file) if config.audit_file else None
+        self.stats = StreamStats(metrics=self.metrics, audit=self.audit)
         self.connected = 0
         self.reconnects = 0
+        self.health_port: int | None = None
         self._conns: set[asyncssh.SSHClientConnection] = set()
         self._accepting = True
         self._stopping = asyncio.Event()
@@ -120,7 +135,12 @@ class Agent:
     async def _set_connected(self, delta: int) -> None:
         async with self._up:
             self.connected += delta
+            self.metrics.connected.set(self.connected)
             self._up.notify_all()
+
+    def _reconnecting(self) -> None:
+        self.reconnects += 1
+        self.metrics.reconnects_total.inc()
 
     async def _session(self, index: int) -> None:
         """Keep session ``index`` up until stopped; raise FatalError to stop the agent."""
@@ -140,7 +160,7 @@ class Agent:
                     retry_in_s=round(delay, 2),
                 )
                 await self._sleep(delay)
-                self.reconnects += 1
+                self._reconnecting()
                 continue
             self._conns.add(conn)
             try:
@@ -164,7 +184,7 @@ class Agent:
             delay = backoff.next_delay()
             log.warning("tunnel_down", session=index, reason=reason, retry_in_s=round(delay, 2))
             await self._sleep(delay)
-            self.reconnects += 1
+            self._reconnecting()
 
     async def _sleep(self, delay: float) -> None:
         try:
@@ -175,6 +195,10 @@ class Agent:
 
     async def run(self) -> None:
         """Run every session until ``stop()``; a FatalError from any session stops all."""
+        health = None
+        if self.config.health_listen:
+            health = await start_health(self.config.health_listen, self, self.metrics.registry)
+            self.health_port = _bound_port(health)
         tasks = [
             asyncio.create_task(self._session(i), name=f"session-{i}")
             for i in range(self.config.connections)
@@ -191,6 +215,10 @@ class Agent:
             await asyncio.gather(*tasks, return_exceptions=True)
             for conn in list(self._conns):
                 conn.close()
+            if self.audit is not None:
+                self.audit.close()
+            if health is not None:
+                await health.cleanup()
 
     async def stop(self) -> None:
         """Refuse new streams, let open ones finish within ``drain_timeout_s``, then

@@ -9,11 +9,14 @@ import errno
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncssh
 import structlog
 
 from agent.allowlist import Allowlist
+from agent.audit import AuditLog
+from agent.metrics import AgentMetrics
 from shared.socks5 import Reply, Socks5Error, Socks5Server
 from shared.splice import Pipe, ProtocolSession, link
 
@@ -22,8 +25,11 @@ log = structlog.get_logger("agent.tunnel")
 
 @dataclass
 class StreamStats:
-    """Counters shared by every stream of one agent process."""
+    """Counters shared by every stream of one agent process; feeds the metrics and
+    the audit log."""
 
+    metrics: AgentMetrics = field(default_factory=AgentMetrics)
+    audit: AuditLog | None = None
     open: int = 0
     total: dict[str, int] = field(default_factory=dict)
     bytes_in: int = 0  # relay -> target
@@ -36,12 +42,37 @@ class StreamStats:
     def started(self) -> None:
         self.open += 1
         self.idle.clear()
+        self.metrics.streams_open.inc()
 
-    def ended(self, result: str, bytes_in: int, bytes_out: int) -> None:
+    def ended(
+        self,
+        *,
+        result: str,
+        origin: str,
+        target: str | None,
+        bytes_in: int,
+        bytes_out: int,
+        duration_ms: float,
+    ) -> None:
         self.open -= 1
         self.total[result] = self.total.get(result, 0) + 1
         self.bytes_in += bytes_in
         self.bytes_out += bytes_out
+        m = self.metrics
+        m.streams_open.dec()
+        m.streams_total.labels(result=result).inc()
+        m.bytes_total.labels(direction="in").inc(bytes_in)
+        m.bytes_total.labels(direction="out").inc(bytes_out)
+        if self.audit is not None:
+            self.audit.record(
+                origin=origin,
+                target=target,
+                allowed=result not in ("not_allowed", "bad_request", "draining"),
+                result=result,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                duration_ms=duration_ms,
+            )
         if self.open == 0:
             self.idle.set()
 
@@ -173,14 +204,13 @@ class AgentStream(ProtocolSession):
         super().connection_lost(exc)
         if self._counted:
             self._counted = False
-            bytes_out = self._remote.bytes_in if self._remote is not None else 0
-            self._stats.ended(self._result, self._pipe.bytes_in, bytes_out)
-            log.debug(
-                "stream_closed",
-                origin=self._origin,
-                target=self._target,
-                result=self._result,
-                bytes_in=self._pipe.bytes_in,
-                bytes_out=bytes_out,
-                duration_ms=round((time.monotonic() - self._started) * 1000, 1),
-            )
+            fields: dict[str, Any] = {
+                "result": self._result,
+                "origin": self._origin,
+                "target": self._target,
+                "bytes_in": self._pipe.bytes_in,
+                "bytes_out": self._remote.bytes_in if self._remote is not None else 0,
+                "duration_ms": round((time.monotonic() - self._started) * 1000, 1),
+            }
+            self._stats.ended(**fields)
+            log.debug("stream_closed", **fields)

@@ -22,7 +22,7 @@ class RelayMetrics:
         self.stream_open_seconds = Histogram(
             "onprem_relay_stream_open_seconds",
             "Time to open a stream through an agent (channel + SOCKS reply)",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
         self.auth_failures = Counter(

@@ -414,3 +414,45 @@ async def test_local_forward_closes_streams_after_both_eofs(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_agent_audit_log_health_and_metrics(
+    relay: Relay, start_agent, echo_server, tmp_path: Path
+) -> None:
+    import json
+
+    import aiohttp
+
+    port, _ = echo_server
+    audit = tmp_path / "audit.log"
+    agent, _ = await start_agent(
+        [f"127.0.0.1:{port}"], audit_file=str(audit), health_listen="127.0.0.1:0"
+    )
+    async with asyncio.timeout(TIMEOUT):
+        reader, writer = await relay.hub.open_stream(
+            relay.agent_id, "127.0.0.1", port, origin="con_abc/req_123"
+        )
+        writer.write(b"hello")
+        writer.write_eof()
+        await reader.read()
+        writer.close()
+        with pytest.raises(TargetNotAllowedError):
+            await relay.hub.open_stream(relay.agent_id, "10.9.9.9", 443, origin="con_abc/req_124")
+        await agent.stats.idle.wait()
+        async with aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{agent.health_port}"
+            async with http.get(f"{base}/healthz") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["status"] == "connected"
+            async with http.get(f"{base}/metrics") as resp:
+                text = await resp.text()
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(r["connection_id"], r["request_id"], r["allowed"]) for r in lines] == [
+        ("con_abc", "req_123", True),
+        ("con_abc", "req_124", False),
+    ]
+    assert lines[0]["target"] == f"127.0.0.1:{port}"
+    assert lines[0]["bytes_in"] == 5 and lines[0]["bytes_out"] == 32 + 5
+    assert lines[1]["result"] == "not_allowed"
+    assert 'onprem_agent_streams_total{result="ok"} 1.0' in text
+    assert "onprem_agent_connected 1.0" in text
