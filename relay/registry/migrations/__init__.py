@@ -1,0 +1,1 @@
+"""Alembic migrations of the relay registry (run by ``Registry.upgrade``)."""

@@ -1,0 +1,116 @@
+"""The registry's tables (SQLAlchemy Core metadata; Alembic migrations must match it)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+# Deterministic constraint names, so later migrations can refer to them on every backend.
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID_LEN = 32
+NAME_LEN = 100
+DESCRIPTION_LEN = 1000
+HASH_LEN = 64
+SHORT_TEXT_LEN = 255
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the registry; use an aware UTC time")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.String(ID_LEN), primary_key=True),
+    sa.Column("name", sa.String(NAME_LEN), nullable=False, unique=True),
+    sa.Column("api_token_hash", sa.String(HASH_LEN), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("id", sa.String(ID_LEN), primary_key=True),
+    sa.Column(
+        "account_id",
+        sa.String(ID_LEN),
+        sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("name", sa.String(NAME_LEN), nullable=False),
+    sa.Column("description", sa.String(DESCRIPTION_LEN), nullable=False, server_default=""),
+    sa.Column("token_hash", sa.String(HASH_LEN), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("last_seen", UTCDateTime(), nullable=True),
+    sa.Column("version", sa.String(SHORT_TEXT_LEN), nullable=True),
+    sa.UniqueConstraint("account_id", "name"),
+)
+
+agent_sessions = sa.Table(
+    "agent_sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column(
+        "agent_id",
+        sa.String(ID_LEN),
+        sa.ForeignKey("agents.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("node_id", sa.String(SHORT_TEXT_LEN), nullable=False, index=True),
+    sa.Column("remote_addr", sa.String(SHORT_TEXT_LEN), nullable=False),
+    sa.Column("client_version", sa.String(SHORT_TEXT_LEN), nullable=False),
+    sa.Column("hostname", sa.String(SHORT_TEXT_LEN), nullable=False),
+    sa.Column("connected_at", UTCDateTime(), nullable=False),
+    sa.Column("last_seen", UTCDateTime(), nullable=False),
+)
+
+# No foreign keys: the audit trail outlives the agents and accounts it talks about.
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("account_id", sa.String(ID_LEN), nullable=True, index=True),
+    sa.Column("actor", sa.String(SHORT_TEXT_LEN), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target_id", sa.String(64), nullable=False),
+    sa.Column("details", sa.JSON(), nullable=False),
+)

@@ -1,0 +1,580 @@
+"""The registry: accounts, agents and their tokens, live agent sessions, audit trail.
+
+Every method is one transaction, so a failure never leaves half a change behind.
+Tokens exist in clear only in the return value that hands them out; the database
+holds their SHA-256 and never sees, logs or audits the token itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from relay.errors import ConflictError, NotFoundError, RegistryError
+from relay.registry import db, migrate
+from relay.registry.info import AccountInfo, AgentInfo, AuditEvent, SessionInfo
+from relay.registry.models import (
+    DESCRIPTION_LEN,
+    NAME_LEN,
+    SHORT_TEXT_LEN,
+    accounts,
+    agent_sessions,
+    agents,
+    audit_events,
+)
+from relay.registry.tokens import (
+    ACCOUNT_PREFIX,
+    AGENT_PREFIX,
+    DUMMY_HASH,
+    hash_token,
+    hashes_equal,
+    new_agent_token,
+    new_api_token,
+    new_id,
+)
+
+# A result row; attribute access is untyped anyway, and Row's generic parameters differ
+# between SQLAlchemy 2.0 and 2.1.
+_Row = Any
+# Keeps IN (...) lists under every backend's bound-parameter limit.
+_CHUNK = 500
+_REDACTED = "********"
+_SENSITIVE_KEY_PARTS = ("token", "secret", "password", "passphrase", "authorization", "cookie")
+_SENSITIVE_KEY_ENDS = ("key",)  # api_key, private_key, client_key
+# Settings that merely mention a credential (token_url, token_location, iclient_id).
+_HARMLESS_KEY_ENDS = ("_id", "_url", "_uri", "_location", "_type", "_name")
+_TOKEN_PREFIXES = ("oat_", "oak_")
+
+
+class SchemaError(RegistryError):
+    """The database is not migrated to the revision this relay needs."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def _check_text(
+    what: str, value: str, max_len: int, *, allow_empty: bool = False, multiline: bool = False
+) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string")
+    if not value.strip() and not allow_empty:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > max_len:
+        raise ValueError(f"{what} is longer than {max_len} characters")
+    allowed = "\n\t" if multiline else ""
+    if any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in value):
+        raise ValueError(f"{what} must not contain control characters")
+    return value
+
+
+def _clip(value: str) -> str:
+    """Peer-supplied strings (SSH banner, hostname) are cut to fit their column."""
+    return value[:SHORT_TEXT_LEN]
+
+
+def _scrub(value: Any, key: str = "") -> Any:
+    """Defence in depth: audit details never carry credentials, whoever calls."""
+    lowered = key.lower()
+    sensitive = any(p in lowered for p in _SENSITIVE_KEY_PARTS) or lowered.endswith(
+        _SENSITIVE_KEY_ENDS
+    )
+    if sensitive and not lowered.endswith(_HARMLESS_KEY_ENDS):
+        return _REDACTED
+    if isinstance(value, dict):
+        return {str(k): _scrub(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    if isinstance(value, str) and value.startswith(_TOKEN_PREFIXES):
+        return _REDACTED
+    return value
+
+
+def _session_from_row(row: _Row) -> SessionInfo:
+    return SessionInfo(
+        id=row.id,
+        agent_id=row.agent_id,
+        node_id=row.node_id,
+        remote_addr=row.remote_addr,
+        client_version=row.client_version,
+        hostname=row.hostname,
+        connected_at=row.connected_at,
+        last_seen=row.last_seen,
+    )
+
+
+def _agent_from_row(row: _Row, sessions: list[SessionInfo]) -> AgentInfo:
+    return AgentInfo(
+        id=row.id,
+        account_id=row.account_id,
+        name=row.name,
+        description=row.description,
+        created_at=row.created_at,
+        last_seen=row.last_seen,
+        version=row.version,
+        sessions=sessions,
+        updated_at=row.updated_at,
+    )
+
+
+def _account_from_row(row: _Row) -> AccountInfo:
+    return AccountInfo(id=row.id, name=row.name, created_at=row.created_at)
+
+
+_AGENT_COLUMNS = (
+    agents.c.id,
+    agents.c.account_id,
+    agents.c.name,
+    agents.c.description,
+    agents.c.created_at,
+    agents.c.updated_at,
+    agents.c.last_seen,
+    agents.c.version,
+)
+
+
+class Registry:
+    """Async access to the registry database. Open with ``await Registry.open(url)``."""
+
+    def __init__(
+        self, engine: AsyncEngine, url: URL, *, stale_session_after_s: float | None = None
+    ) -> None:
+        self._engine = engine
+        # Writers take SQLite's write lock at BEGIN (see relay.registry.db).
+        self._write_engine = engine.execution_options(**{db.WRITE_OPTION: True})
+        self._url = url
+        self._stale_after = (
+            timedelta(seconds=stale_session_after_s) if stale_session_after_s else None
+        )
+
+    @classmethod
+    async def open(
+        cls,
+        database_url: str,
+        *,
+        base_dir: str = ".",
+        stale_session_after_s: float | None = None,
+    ) -> Registry:
+        """Create the engine (no connection, no migration yet).
+
+        ``stale_session_after_s``: sessions whose ``last_seen`` is older are ignored
+        (their relay process died without clearing them); None keeps every session.
+        Raises ``ConfigError`` for a bad or unsupported URL.
+        """
+        url = db.resolve_url(database_url, base_dir)
+        return cls(db.create_engine(url), url, stale_session_after_s=stale_session_after_s)
+
+    @property
+    def url(self) -> str:
+        """The database URL without password."""
+        return db.display_url(self._url)
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if self._url.get_backend_name() != "sqlite" or db.is_memory(self._url):
+            return None
+        return Path(str(self._url.database))
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def __aenter__(self) -> Registry:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self._engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self._write_engine.begin() as conn:
+            yield conn
+
+    # -- schema ------------------------------------------------------------------
+
+    async def upgrade(self) -> None:
+        """Migrate the database to the newest revision (idempotent)."""
+        async with self._write() as conn:
+            await conn.run_sync(migrate.upgrade)
+
+    async def schema_revision(self) -> str | None:
+        async with self._read() as conn:
+            return await conn.run_sync(migrate.current_revision)
+
+    async def check_schema(self) -> None:
+        """Raise ``SchemaError`` unless the database is at this relay's revision."""
+        path = self.sqlite_path
+        # Connecting would create an empty file as a side effect.
+        if path is not None and not path.exists():
+            raise SchemaError(f"database {path} does not exist: run 'onprem-relay db upgrade'")
+        current = await self.schema_revision()
+        head = migrate.head_revision()
+        if current == head:
+            return
+        if current is None:
+            raise SchemaError(
+                f"database {self.url} is not initialised: run 'onprem-relay db upgrade'"
+            )
+        raise SchemaError(
+            f"database {self.url} is at schema revision {current}, this relay needs {head}: "
+            "run 'onprem-relay db upgrade' (or upgrade the relay if the database is newer)"
+        )
+
+    async def ping(self) -> None:
+        async with self._read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    # -- accounts ----------------------------------------------------------------
+
+    async def create_account(self, name: str, *, actor: str = "cli") -> tuple[AccountInfo, str]:
+        """A new account and its API token (returned once, stored as a hash)."""
+        _check_text("account name", name, NAME_LEN)
+        token = new_api_token()
+        info = AccountInfo(id=new_id(ACCOUNT_PREFIX), name=name, created_at=_now())
+        try:
+            async with self._write() as conn:
+                taken = await conn.scalar(sa.select(accounts.c.id).where(accounts.c.name == name))
+                if taken is not None:
+                    raise ConflictError(f"an account named {name!r} already exists")
+                await conn.execute(
+                    accounts.insert().values(
+                        id=info.id,
+                        name=name,
+                        api_token_hash=hash_token(token),
+                        created_at=info.created_at,
+                    )
+                )
+                await self._audit(conn, info.id, actor, "account.created", info.id, {"name": name})
+        except IntegrityError:
+            # Lost a race with another process creating the same name.
+            raise ConflictError(f"an account named {name!r} already exists") from None
+        return info, token
+
+    async def get_account(self, account_id: str) -> AccountInfo:
+        async with self._read() as conn:
+            row = (await conn.execute(accounts.select().where(accounts.c.id == account_id))).first()
+        if row is None:
+            raise NotFoundError(f"account {account_id} not found")
+        return _account_from_row(row)
+
+    async def get_account_by_name(self, name: str) -> AccountInfo:
+        async with self._read() as conn:
+            row = (await conn.execute(accounts.select().where(accounts.c.name == name))).first()
+        if row is None:
+            raise NotFoundError(f"account {name!r} not found")
+        return _account_from_row(row)
+
+    async def list_accounts(self) -> list[AccountInfo]:
+        async with self._read() as conn:
+            rows = await conn.execute(accounts.select().order_by(accounts.c.name))
+            return [_account_from_row(r) for r in rows]
+
+    async def authenticate_api_token(self, token: str) -> AccountInfo | None:
+        presented = hash_token(token)
+        async with self._read() as conn:
+            row = (
+                await conn.execute(accounts.select().where(accounts.c.api_token_hash == presented))
+            ).first()
+        stored = row.api_token_hash if row is not None else DUMMY_HASH
+        if not hashes_equal(stored, presented) or row is None:
+            return None
+        return _account_from_row(row)
+
+    # -- agents ------------------------------------------------------------------
+
+    async def create_agent(
+        self, account_id: str, name: str, description: str = "", *, actor: str = "cli"
+    ) -> tuple[AgentInfo, str]:
+        """A new agent of ``account_id`` and its access token (returned once)."""
+        _check_text("agent name", name, NAME_LEN)
+        _check_text("description", description, DESCRIPTION_LEN, allow_empty=True, multiline=True)
+        token = new_agent_token()
+        now = _now()
+        info = AgentInfo(
+            id=new_id(AGENT_PREFIX),
+            account_id=account_id,
+            name=name,
+            description=description,
+            created_at=now,
+            last_seen=None,
+            version=None,
+            sessions=[],
+            updated_at=now,
+        )
+        conflict = f"account {account_id} already has an agent named {name!r}"
+        try:
+            async with self._write() as conn:
+                exists = await conn.scalar(
+                    sa.select(accounts.c.id).where(accounts.c.id == account_id)
+                )
+                if exists is None:
+                    raise NotFoundError(f"account {account_id} not found")
+                taken = await conn.scalar(
+                    sa.select(agents.c.id).where(
+                        agents.c.account_id == account_id, agents.c.name == name
+                    )
+                )
+                if taken is not None:
+                    raise ConflictError(conflict)
+                await conn.execute(
+                    agents.insert().values(
+                        id=info.id,
+                        account_id=account_id,
+                        name=name,
+                        description=description,
+                        token_hash=hash_token(token),
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                await self._audit(conn, account_id, actor, "agent.created", info.id, {"name": name})
+        except IntegrityError:
+            raise ConflictError(conflict) from None
+        return info, token
+
+    def _live_sessions(self) -> sa.Select[Any]:
+        query = agent_sessions.select()
+        if self._stale_after is not None:
+            query = query.where(agent_sessions.c.last_seen >= _now() - self._stale_after)
+        return query.order_by(agent_sessions.c.connected_at, agent_sessions.c.id)
+
+    async def _sessions_by_agent(
+        self, conn: AsyncConnection, *, account_id: str | None = None, agent_id: str | None = None
+    ) -> dict[str, list[SessionInfo]]:
+        query = self._live_sessions()
+        if agent_id is not None:
+            query = query.where(agent_sessions.c.agent_id == agent_id)
+        if account_id is not None:
+            query = query.where(
+                agent_sessions.c.agent_id.in_(
+                    sa.select(agents.c.id).where(agents.c.account_id == account_id)
+                )
+            )
+        out: dict[str, list[SessionInfo]] = {}
+        for row in await conn.execute(query):
+            out.setdefault(row.agent_id, []).append(_session_from_row(row))
+        return out
+
+    async def list_agents(self, account_id: str | None = None) -> list[AgentInfo]:
+        query = sa.select(*_AGENT_COLUMNS).order_by(agents.c.created_at, agents.c.id)
+        if account_id is not None:
+            query = query.where(agents.c.account_id == account_id)
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
+            sessions = await self._sessions_by_agent(conn, account_id=account_id)
+        return [_agent_from_row(r, sessions.get(r.id, [])) for r in rows]
+
+    async def get_agent(self, agent_id: str, account_id: str | None = None) -> AgentInfo:
+        """The agent; ``NotFoundError`` also when it belongs to another account."""
+        async with self._read() as conn:
+            row = await self._agent_row(conn, agent_id, account_id)
+            sessions = await self._sessions_by_agent(conn, agent_id=agent_id)
+        return _agent_from_row(row, sessions.get(agent_id, []))
+
+    async def _agent_row(
+        self, conn: AsyncConnection, agent_id: str, account_id: str | None
+    ) -> _Row:
+        query = sa.select(*_AGENT_COLUMNS).where(agents.c.id == agent_id)
+        if account_id is not None:
+            query = query.where(agents.c.account_id == account_id)
+        row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFoundError(f"agent {agent_id} not found")
+        return row
+
+    async def rotate_agent_token(
+        self, agent_id: str, account_id: str | None = None, *, actor: str = "cli"
+    ) -> str:
+        """A new access token; the old one stops working at once. Live sessions that
+        used it are dropped by their relay (see ``agent_token_hashes``)."""
+        token = new_agent_token()
+        async with self._write() as conn:
+            row = await self._agent_row(conn, agent_id, account_id)
+            await conn.execute(
+                agents.update()
+                .where(agents.c.id == agent_id)
+                .values(token_hash=hash_token(token), updated_at=_now())
+            )
+            await self._audit(
+                conn, row.account_id, actor, "agent.token_rotated", agent_id, {"name": row.name}
+            )
+        return token
+
+    async def delete_agent(
+        self, agent_id: str, account_id: str | None = None, *, actor: str = "cli"
+    ) -> None:
+        async with self._write() as conn:
+            row = await self._agent_row(conn, agent_id, account_id)
+            await conn.execute(agent_sessions.delete().where(agent_sessions.c.agent_id == agent_id))
+            await conn.execute(agents.delete().where(agents.c.id == agent_id))
+            await self._audit(
+                conn, row.account_id, actor, "agent.deleted", agent_id, {"name": row.name}
+            )
+
+    async def verify_agent_token(self, agent_id: str, token: str) -> str | None:
+        """The stored token hash if ``token`` is the agent's current token, else None.
+
+        Costs the same whether or not the agent exists.
+        """
+        presented = hash_token(token)
+        async with self._read() as conn:
+            stored = await conn.scalar(
+                sa.select(agents.c.token_hash).where(agents.c.id == agent_id)
+            )
+        matches = hashes_equal(stored if stored is not None else DUMMY_HASH, presented)
+        return stored if matches and stored is not None else None
+
+    async def agent_token_hashes(self, agent_ids: Collection[str]) -> dict[str, str]:
+        """The current token hash of each of ``agent_ids`` that still exists."""
+        ids = sorted(set(agent_ids))
+        out: dict[str, str] = {}
+        if not ids:
+            return out
+        async with self._read() as conn:
+            for chunk in _chunks(ids):
+                rows = await conn.execute(
+                    sa.select(agents.c.id, agents.c.token_hash).where(agents.c.id.in_(chunk))
+                )
+                out.update({r.id: r.token_hash for r in rows})
+        return out
+
+    # -- presence ----------------------------------------------------------------
+
+    async def session_opened(self, session: SessionInfo) -> None:
+        """Record a live session; the agent's ``last_seen`` and ``version`` follow it.
+        ``NotFoundError`` if the agent was deleted meanwhile."""
+        try:
+            async with self._write() as conn:
+                await self._agent_row(conn, session.agent_id, None)
+                await conn.execute(
+                    agent_sessions.insert().values(
+                        id=session.id,
+                        agent_id=session.agent_id,
+                        node_id=session.node_id,
+                        remote_addr=_clip(session.remote_addr),
+                        client_version=_clip(session.client_version),
+                        hostname=_clip(session.hostname),
+                        connected_at=session.connected_at,
+                        last_seen=session.last_seen,
+                    )
+                )
+                await conn.execute(
+                    agents.update()
+                    .where(agents.c.id == session.agent_id)
+                    .values(last_seen=session.last_seen, version=_clip(session.client_version))
+                )
+        except IntegrityError:
+            raise ConflictError(f"session {session.id} is already recorded") from None
+
+    async def session_closed(self, session_id: str) -> None:
+        """Forget a session (no-op if unknown); its agent was last seen now."""
+        async with self._write() as conn:
+            agent_id = await conn.scalar(
+                sa.select(agent_sessions.c.agent_id).where(agent_sessions.c.id == session_id)
+            )
+            if agent_id is None:
+                return
+            await conn.execute(agent_sessions.delete().where(agent_sessions.c.id == session_id))
+            await conn.execute(
+                agents.update().where(agents.c.id == agent_id).values(last_seen=_now())
+            )
+
+    async def heartbeat(self, node_id: str, session_ids: Collection[str]) -> None:
+        """Mark the sessions (held by ``node_id``) and their agents as seen now."""
+        ids = sorted(set(session_ids))
+        if not ids:
+            return
+        now = _now()
+        async with self._write() as conn:
+            for chunk in _chunks(ids):
+                mine = sa.and_(agent_sessions.c.node_id == node_id, agent_sessions.c.id.in_(chunk))
+                await conn.execute(agent_sessions.update().where(mine).values(last_seen=now))
+                await conn.execute(
+                    agents.update()
+                    .where(agents.c.id.in_(sa.select(agent_sessions.c.agent_id).where(mine)))
+                    .values(last_seen=now)
+                )
+
+    async def clear_node_sessions(self, node_id: str) -> None:
+        """Forget every session of relay process ``node_id`` (at its start and stop)."""
+        async with self._write() as conn:
+            await conn.execute(agent_sessions.delete().where(agent_sessions.c.node_id == node_id))
+
+    # -- audit -------------------------------------------------------------------
+
+    async def record_audit(
+        self,
+        account_id: str | None,
+        actor: str,
+        action: str,
+        target_id: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        async with self._write() as conn:
+            await self._audit(conn, account_id, actor, action, target_id, details)
+
+    async def _audit(
+        self,
+        conn: AsyncConnection,
+        account_id: str | None,
+        actor: str,
+        action: str,
+        target_id: str,
+        details: dict[str, Any] | None,
+    ) -> None:
+        await conn.execute(
+            audit_events.insert().values(
+                at=_now(),
+                account_id=account_id,
+                actor=_clip(actor),
+                action=action,
+                target_id=target_id,
+                details=_scrub(details or {}),
+            )
+        )
+
+    async def list_audit(
+        self, account_id: str | None = None, *, limit: int = 100
+    ) -> list[AuditEvent]:
+        """The newest ``limit`` audit events, newest first."""
+        query = audit_events.select().order_by(audit_events.c.id.desc()).limit(limit)
+        if account_id is not None:
+            query = query.where(audit_events.c.account_id == account_id)
+        async with self._read() as conn:
+            rows = await conn.execute(query)
+            return [
+                AuditEvent(
+                    id=r.id,
+                    at=r.at,
+                    account_id=r.account_id,
+                    actor=r.actor,
+                    action=r.action,
+                    target_id=r.target_id,
+                    details=dict(r.details or {}),
+                )
+                for r in rows
+            ]
