@@ -6,9 +6,11 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
+
+from agent.allowlist import parse_rule
 
 from shared.config import ConfigError, StrictModel, load_config
 from shared.net import parse_host_port
@@ -44,12 +46,17 @@ class RelayTarget(StrictModel):
         return v
 
 
+def _allow_entry(entry: str) -> str:
+    parse_rule(entry)  # raises ValueError naming the entry and what is wrong
+    return entry
+
+
 class AgentConfig(StrictModel):
     relay: RelayTarget
     agent_id: str = Field(pattern=r"^agt_[A-Za-z0-9]+$")
     token_file: str | None = None
     token: SecretStr | None = None  # usually from env ONPREM_AGENT_TOKEN
-    allow: list[str] = []
+    allow: list[Annotated[str, AfterValidator(_allow_entry)]] = []
     proxy: str | None = None
     connections: int = Field(1, ge=1, le=64)
     health_listen: str | None = None
@@ -66,13 +73,11 @@ class AgentConfig(StrictModel):
     drain_timeout_s: float = Field(10.0, ge=0)
     max_streams: int = Field(1024, ge=1)
 
-    @field_validator("allow")
-    @classmethod
-    def _allow(cls, v: list[str]) -> list[str]:
-        from agent.allowlist import Allowlist
-
-        Allowlist.parse(v)  # raises ValueError naming the bad entry
-        return v
+    @model_validator(mode="after")
+    def _backoff(self) -> AgentConfig:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        return self
 
     @field_validator("health_listen")
     @classmethod
