@@ -8,6 +8,8 @@ RelayError
  |    +-- TargetRefusedError (ConnectionRefusedError)             (0x05)
  |    +-- StreamTimeoutError (TimeoutError) the agent or the target timed out (0x06)
  |    +-- AgentProtocolError                the agent answered garbage (peer misbehaved)
+ +-- UpstreamError                           executing an HTTP request for a connection failed
+ |    (``code`` is one of the design's error codes; StreamError codes are reused)
  +-- RegistryError
       +-- NotFoundError (LookupError)
       +-- ConflictError
@@ -46,6 +48,18 @@ class StreamTimeoutError(StreamError, TimeoutError):
 
 class AgentProtocolError(StreamError):
     code = "agent_protocol_error"
+
+
+class UpstreamError(RelayError):
+    """An HTTP request for a connection failed; ``code`` is a design error code
+    (``blocked_destination``, ``tls_error``, ``auth_failed``, ``needs_authorization``,
+    ``ping_failed``, ``rate_limited``, ``timeout``, ...)."""
+
+    def __init__(self, code: str, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status  # the upstream HTTP status, when there was one
 
 
 class RegistryError(RelayError):
