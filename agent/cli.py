@@ -10,13 +10,13 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import asyncssh
 
 from agent import config as agent_config
-from agent.allowlist import Allowlist
 from agent.daemon import Agent, connect
-from agent.errors import FatalError
+from agent.errors import AuthRejectedError, FatalError, HostKeyMismatchError
 from shared.config import ConfigError
 from shared.logging import configure_logging
 from shared.net import parse_host_port
@@ -81,8 +81,15 @@ def _check(ok: bool, label: str, fix: str = "") -> bool:
 async def _check_relay(cfg: agent_config.AgentConfig, token: str) -> bool:
     address = cfg.relay.address
     if address.startswith(("ws://", "wss://")):
-        return _check(False, f"relay address {address}", "WebSocket transport is not built yet")
-    host, port = parse_host_port(address, default_port=2222)
+        parts = urlsplit(address)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+    else:
+        host, port = parse_host_port(address, default_port=2222)
+    if cfg.proxy:
+        phost, pport = urlsplit(cfg.proxy).hostname or "", urlsplit(cfg.proxy).port or 3128
+        _check(True, f"proxy: {phost}:{pport} (the relay is reached through it)")
+        host, port = phost, pport
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -103,16 +110,21 @@ async def _check_relay(cfg: agent_config.AgentConfig, token: str) -> bool:
             "allow outbound TCP to the relay in the firewall, or set 'proxy'",
         )
     try:
-        conn = await connect(cfg, token)
-    except FatalError as exc:
-        return _check(False, f"SSH: {exc}", "compare relay.host_key / token with the relay")
+        conn, link = await connect(cfg, token)
+    except AuthRejectedError as exc:
+        _check(True, f"SSH: host key {cfg.relay.host_key} pinned and matching")
+        return _check(False, f"SSH: {exc}", "write the current token into the token file")
+    except HostKeyMismatchError as exc:
+        return _check(False, f"SSH: {exc}", "copy the fingerprint printed by 'agents create'")
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        return _check(False, f"SSH: {type(exc).__name__}: {exc}", "is this the relay's SSH port?")
+        fix = "check the proxy URL and its credentials" if cfg.proxy else "is this the relay?"
+        return _check(False, f"SSH: {type(exc).__name__}: {exc}", fix)
     _check(True, f"SSH: host key {cfg.relay.host_key} pinned and matching")
     _check(True, f"SSH: token accepted for {cfg.agent_id}")
     conn.close()
     with contextlib.suppress(Exception):
         await conn.wait_closed()
+    await link.close()
     return True
 
 
@@ -131,7 +143,6 @@ def _cmd_check(config_file: str | None) -> int:
         _check(False, f"access token: {exc}", "write the token printed by 'agents create'")
         return 1
     ok = asyncio.run(_check_relay(cfg, token))
-    allow = Allowlist.parse(cfg.allow)
     if not cfg.allow:
         _check(False, "allowlist is empty: the relay can reach nothing", "add host:port entries")
         ok = False
@@ -139,7 +150,6 @@ def _cmd_check(config_file: str | None) -> int:
         print("[warn] allowlist has '*': the relay may reach any host; list hosts instead")
     else:
         _check(True, f"allowlist: {len(cfg.allow)} entries ({', '.join(cfg.allow)})")
-    del allow
     return 0 if ok else 1
 
 

@@ -11,7 +11,6 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from agent.allowlist import parse_rule
-
 from shared.config import ConfigError, StrictModel, load_config
 from shared.net import parse_host_port
 

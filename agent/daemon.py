@@ -21,8 +21,8 @@ from agent.config import AgentConfig
 from agent.errors import AuthRejectedError, FatalError, HostKeyMismatchError
 from agent.health import start_health
 from agent.metrics import AgentMetrics
+from agent.transport import RelayLink, open_link
 from agent.tunnel import AgentStream, StreamStats
-from shared.net import parse_host_port
 from shared.version import __version__
 
 log = structlog.get_logger("agent.daemon")
@@ -53,16 +53,21 @@ def client_version() -> str:
     return f"onprem-agent_{__version__} host={host or 'unknown'}"
 
 
-async def connect(config: AgentConfig, token: str) -> asyncssh.SSHClientConnection:
-    """One authenticated SSH connection to the relay (raises FatalError subclasses for
-    a rejected token or a wrong host key; OSError/asyncssh.Error otherwise)."""
-    host, port = parse_host_port(config.relay.address, default_port=2222)
+async def connect(
+    config: AgentConfig, token: str
+) -> tuple[asyncssh.SSHClientConnection, RelayLink]:
+    """One authenticated SSH connection to the relay, over the configured transport.
+    Raises FatalError subclasses for a rejected token or a wrong host key;
+    OSError (TransportError included) or asyncssh.Error otherwise. Close the link
+    after the connection."""
+    link = await open_link(config)
     client = _PinnedHostKey(config.relay.host_key)
     try:
         conn, _ = await asyncssh.create_connection(
             lambda: client,
-            host,
-            port,
+            link.host,
+            link.port,
+            sock=link.sock,
             username=config.agent_id,
             password=token,
             known_hosts=([], [], []),  # nothing trusted up front: the callback decides
@@ -78,16 +83,21 @@ async def connect(config: AgentConfig, token: str) -> asyncssh.SSHClientConnecti
             config=[],  # never read ~/.ssh/config: the agent is configured by agent.yaml
         )
     except asyncssh.PermissionDenied:
+        await link.close()
         raise AuthRejectedError(
             f"the relay rejected the access token of agent {config.agent_id} "
             "(rotated or deleted? get a new one with 'onprem-relay agents rotate-token')"
         ) from None
     except asyncssh.HostKeyNotVerifiable:
+        await link.close()
         raise HostKeyMismatchError(
             f"relay host key {client.seen or '(none)'} does not match the pinned "
             f"{config.relay.host_key}: refusing to talk (check relay.host_key)"
         ) from None
-    return conn
+    except BaseException:
+        await link.close()
+        raise
+    return conn, link
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:
@@ -148,7 +158,7 @@ class Agent:
         while not self._stopping.is_set():
             started = time.monotonic()
             try:
-                conn = await connect(self.config, self._token)
+                conn, link = await connect(self.config, self._token)
             except FatalError:
                 raise
             except (OSError, asyncssh.Error, TimeoutError) as exc:
@@ -177,6 +187,7 @@ class Agent:
             finally:
                 self._conns.discard(conn)
                 conn.close()
+                await link.close()
             if self._stopping.is_set():
                 return
             if time.monotonic() - started >= self.config.healthy_after_s:

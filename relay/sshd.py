@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import socket
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -103,10 +104,11 @@ def parse_client_version(banner: str) -> tuple[str, str]:
 
 
 class _AgentConnection(asyncssh.SSHServer):
-    def __init__(self, endpoint: SSHEndpoint) -> None:
+    def __init__(self, endpoint: SSHEndpoint, source: str | None = None) -> None:
         self._ep = endpoint
         self._conn: asyncssh.SSHServerConnection | None = None
-        self._source = "?"
+        self._source = source or "?"
+        self._fixed_source = source is not None
         self._agent_id: str | None = None
         self._token_hash: str | None = None
         self._session: AgentSession | None = None
@@ -114,8 +116,9 @@ class _AgentConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
-        peer = conn.get_extra_info("peername")
-        self._source = str(peer[0]) if peer else "?"
+        if not self._fixed_source:
+            peer = conn.get_extra_info("peername")
+            self._source = str(peer[0]) if peer else "?"
 
     def begin_auth(self, username: str) -> bool:
         if self._ep.throttle.blocked(self._source):
@@ -175,14 +178,14 @@ class _AgentConnection(asyncssh.SSHServer):
             conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many sessions for this agent")
             return False
         software, hostname = parse_client_version(conn.get_extra_info("client_version") or "")
-        peer = conn.get_extra_info("peername")
+        peer = conn.get_extra_info("peername") if not self._fixed_source else None
         session = AgentSession(
             agent_id=agent_id,
             conn=conn,
             listen_host=listen_host,
             listen_port=next(_VIRTUAL_PORTS) % 55535 + 10000,
             token_hash=self._token_hash,
-            remote_addr=f"{peer[0]}:{peer[1]}" if peer else "?",
+            remote_addr=f"{peer[0]}:{peer[1]}" if peer else self._source,
             client_version=software,
             hostname=hostname,
         )
@@ -242,6 +245,7 @@ class SSHEndpoint:
         self.token_recheck_interval = token_recheck_interval
         self.presence_interval = presence_interval
         self._server: asyncssh.SSHAcceptor | None = None
+        self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -268,13 +272,8 @@ class SSHEndpoint:
             last_seen=session.connected_at,
         )
 
-    async def start(self, host: str, port: int) -> int:
-        await self.registry.clear_node_sessions(self.node_id)
-        self._server = await asyncssh.listen(
-            host or None,
-            port,
-            server_factory=lambda: _AgentConnection(self),
-            backlog=4096,
+    def _options(self) -> dict[str, Any]:
+        return dict(
             server_host_keys=[self.host_key],
             server_version="onprem-relay",
             encryption_algs=ENCRYPTION_ALGS,
@@ -286,7 +285,17 @@ class SSHEndpoint:
             allow_pty=False,
             x11_forwarding=False,
             allow_scp=False,
+        )
+
+    async def start(self, host: str, port: int) -> int:
+        await self.registry.clear_node_sessions(self.node_id)
+        self._server = await asyncssh.listen(
+            host or None,
+            port,
+            server_factory=lambda: _AgentConnection(self),
+            backlog=4096,
             reuse_address=True,
+            **self._options(),
         )
         self._loops = [
             asyncio.create_task(self._recheck_tokens()),
@@ -321,7 +330,18 @@ class SSHEndpoint:
             except Exception as exc:
                 log.warning("presence_failed", error=type(exc).__name__)
 
+    async def accept_socket(self, sock: socket.socket, source: str) -> None:
+        """Run the SSH server on an already-connected socket (the WebSocket transport
+        hands us one end of a socketpair); ``source`` is the real client address."""
+        if self._closing:
+            sock.close()
+            return
+        await asyncssh.run_server(
+            sock, server_factory=lambda: _AgentConnection(self, source=source), **self._options()
+        )
+
     def stop_accepting(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
 

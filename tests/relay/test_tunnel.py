@@ -4,17 +4,16 @@ real TCP targets, a real SQLite registry. Security refusals and stream failures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 import pytest
+from tunnel_env import TIMEOUT, Relay, agent_config
 
-from agent.config import AgentConfig
 from agent.daemon import Agent
 from agent.errors import AuthRejectedError, HostKeyMismatchError
 from relay.errors import (
@@ -24,108 +23,8 @@ from relay.errors import (
     TargetRefusedError,
     TargetUnreachableError,
 )
-from relay.hub import AgentHub
-from relay.keys import fingerprint, load_or_create_host_key
-from relay.registry import Registry
-from relay.sshd import AuthThrottle, SSHEndpoint
-
-TIMEOUT = 10.0 * float(os.environ.get("ONPREM_TEST_TIMEOUT_FACTOR", "1"))
-
-
-@dataclass
-class Relay:
-    registry: Registry
-    hub: AgentHub
-    endpoint: SSHEndpoint
-    port: int
-    host_key: str
-    account_id: str
-    agent_id: str
-    token: str
-
-
-@pytest.fixture
-async def relay(tmp_path: Path) -> AsyncIterator[Relay]:
-    registry = await Registry.open(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
-    await registry.upgrade()
-    account, _ = await registry.create_account("acme")
-    agent, token = await registry.create_agent(account.id, "erp-agent")
-    key = load_or_create_host_key(tmp_path / "host_key")
-    hub = AgentHub(open_timeout=3.0)
-    endpoint = SSHEndpoint(
-        registry=registry,
-        hub=hub,
-        host_key=key,
-        node_id="test",
-        keepalive_interval=1.0,
-        token_recheck_interval=0.2,
-        presence_interval=0.5,
-        auth_failures_per_minute=5,
-    )
-    port = await endpoint.start("127.0.0.1", 0)
-    yield Relay(registry, hub, endpoint, port, fingerprint(key), account.id, agent.id, token)
-    await hub.close(0.5)
-    await endpoint.close()
-    await registry.close()
-
-
-def agent_config(relay: Relay, allow: list[str], **extra: object) -> AgentConfig:
-    return AgentConfig.model_validate(
-        {
-            "relay": {"address": f"127.0.0.1:{relay.port}", "host_key": relay.host_key},
-            "agent_id": relay.agent_id,
-            "allow": allow,
-            "backoff_initial_s": 0.05,
-            "backoff_max_s": 0.2,
-            "dial_timeout_s": 1.0,
-            **extra,
-        }
-    )
-
-
-@pytest.fixture
-async def start_agent(
-    relay: Relay,
-) -> AsyncIterator[Callable[..., Awaitable[tuple[Agent, asyncio.Task[None]]]]]:
-    started: list[tuple[Agent, asyncio.Task[None]]] = []
-
-    async def start(
-        allow: list[str], *, token: str | None = None, wait: bool = True, **extra: object
-    ) -> tuple[Agent, asyncio.Task[None]]:
-        agent = Agent(agent_config(relay, allow, **extra), token or relay.token)
-        task = asyncio.create_task(agent.run())
-        started.append((agent, task))
-        if wait:
-            async with asyncio.timeout(TIMEOUT):
-                await agent.wait_connected(agent.config.connections)
-                await relay.hub.wait_online(relay.agent_id, TIMEOUT)
-        return agent, task
-
-    yield start
-    for agent, task in started:
-        if not task.done():
-            await agent.stop()
-            async with asyncio.timeout(TIMEOUT):
-                await asyncio.gather(task, return_exceptions=True)
-
-
-@pytest.fixture
-async def echo_server() -> AsyncIterator[tuple[int, list[int]]]:
-    """A TCP server answering each connection with sha256(all bytes until EOF) + the
-    bytes themselves; counts accepted connections."""
-    accepted: list[int] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(1)
-        data = await reader.read()
-        writer.write(hashlib.sha256(data).digest() + data)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1], accepted
-    server.close()
-    await server.wait_closed()
+from relay.keys import fingerprint
+from relay.sshd import AuthThrottle
 
 
 async def test_stream_carries_1mib_each_way(relay: Relay, start_agent, echo_server) -> None:
@@ -197,10 +96,8 @@ async def test_hanging_target_times_out_and_leaks_nothing(relay: Relay, start_ag
     for _ in range(3):
         c = socket.socket()
         c.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             c.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
         fillers.append(c)
     agent, _ = await start_agent([f"127.0.0.1:{port}"], dial_timeout_s=0.3)
     tasks_before = len(asyncio.all_tasks())
@@ -230,10 +127,8 @@ async def test_relay_side_timeout_closes_the_channel(relay: Relay, start_agent) 
     for _ in range(3):
         c = socket.socket()
         c.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             c.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
         fillers.append(c)
     agent, _ = await start_agent([f"127.0.0.1:{port}"], dial_timeout_s=30)
     try:
