@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import os
+import shutil
 import signal
 import socket
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncssh
 
+from agent import auditview, install
 from agent import config as agent_config
 from agent.daemon import Agent, connect
 from agent.errors import AuthRejectedError, FatalError, HostKeyMismatchError
@@ -38,8 +43,72 @@ def _parser() -> argparse.ArgumentParser:
             help="agent.yaml (default: env ONPREM_AGENT_CONFIG, else "
             f"{agent_config.DEFAULT_CONFIG})",
         )
+    sp = sub.add_parser("install-service", help="install and start the systemd service")
+    sp.add_argument("--config", help="the agent.yaml to install (default: as for run)")
+    sp.add_argument("--token-file", help="read the token here (default: the config's)")
+    sp.add_argument("--dry-run", action="store_true", help="print every action, change nothing")
+    sp.add_argument("--no-start", action="store_true", help="enable but do not start")
+    sp.add_argument("--root", help=argparse.SUPPRESS)  # alternate root, for tests/packaging
+    sp = sub.add_parser("uninstall-service", help="stop and remove the systemd service")
+    sp.add_argument("--dry-run", action="store_true", help="print every action, change nothing")
+    sp.add_argument("--keep-config", action="store_true", help="keep /etc/onprem-agent")
+    sp.add_argument("--root", help=argparse.SUPPRESS)
+    sp = sub.add_parser("audit", help="what the relay reached through this agent")
+    sp.add_argument("--config", help="agent.yaml (for audit_file)")
+    sp.add_argument("--since", default="1h", help="30m, 1h, 7d or an ISO time (default 1h)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
     sub.add_parser("version", help="print the version")
     return p
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    source = Path(agent_config.config_path(args.config))
+    cfg = agent_config.load(str(source))  # refuse to install a config that cannot run
+    if args.token_file:
+        token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        if not token:
+            raise ConfigError(f"{args.token_file}: token file is empty")
+    else:
+        token = cfg.read_token()
+    root = Path(args.root) if args.root else Path("/")
+    if not args.dry_run and not args.root and os.geteuid() != 0:
+        raise FatalError("install-service must run as root (try sudo), or use --dry-run")
+    exe = shutil.which("onprem-agent") or str(Path(sys.argv[0]).resolve())
+    plan = install.plan_install(
+        source.read_text(encoding="utf-8"), token, exe, start=not args.no_start
+    )
+    for line in install.execute(plan, dry_run=args.dry_run, root=root, run_commands=not args.root):
+        print(line)
+    if not args.dry_run:
+        print("onprem-agent service installed; status: systemctl status onprem-agent")
+    return 0
+
+
+def _cmd_uninstall(args: argparse.Namespace) -> int:
+    root = Path(args.root) if args.root else Path("/")
+    if not args.dry_run and not args.root and os.geteuid() != 0:
+        raise FatalError("uninstall-service must run as root (try sudo), or use --dry-run")
+    plan = install.plan_uninstall(keep_config=args.keep_config)
+    for line in install.execute(plan, dry_run=args.dry_run, root=root, run_commands=not args.root):
+        print(line)
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    cfg = agent_config.load(args.config)
+    if not cfg.audit_file:
+        raise ConfigError("audit_file is not set in the agent config: no audit log to read")
+    try:
+        since = auditview.parse_since(args.since)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    records = list(auditview.read_records(Path(cfg.audit_file), since))
+    if args.json:
+        for record in records:
+            print(json.dumps(record))
+    else:
+        print(auditview.format_table(records))
+    return 0
 
 
 async def _run(cfg: agent_config.AgentConfig, token: str) -> int:
@@ -163,12 +232,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args.config)
         if args.command == "check":
             return _cmd_check(args.config)
+        if args.command == "install-service":
+            return _cmd_install(args)
+        if args.command == "uninstall-service":
+            return _cmd_uninstall(args)
+        if args.command == "audit":
+            return _cmd_audit(args)
     except ConfigError as exc:
         print(f"onprem-agent: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except FatalError as exc:
         print(f"onprem-agent: fatal: {exc}", file=sys.stderr)
         return exc.exit_code
+    except install.InstallError as exc:
+        print(f"onprem-agent: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"onprem-agent: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return EXIT_USAGE
