@@ -65,7 +65,9 @@ class AgentConfig(StrictModel):
     connect_timeout_s: float = Field(15.0, gt=0)
     dial_timeout_s: float = Field(10.0, gt=0)
     keepalive_interval_s: float = Field(15.0, gt=0)
-    keepalive_count_max: int = Field(3, ge=1)
+    # A silent peer is dropped after (keepalive_count_max + 1) x keepalive_interval_s:
+    # 45 s with the defaults (asyncssh waits for one more interval than the count).
+    keepalive_count_max: int = Field(2, ge=1)
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(60.0, gt=0)
     healthy_after_s: float = Field(30.0, gt=0)  # a session this old resets the backoff

@@ -39,7 +39,9 @@ class SshConfig(StrictModel):
     host_key_file: str = "ssh_host_ed25519_key"
     login_timeout_s: float = Field(20.0, gt=0)
     keepalive_interval_s: float = Field(15.0, gt=0)
-    keepalive_count_max: int = Field(3, ge=1)
+    # A silent peer is dropped after (keepalive_count_max + 1) x keepalive_interval_s:
+    # 45 s with the defaults (asyncssh waits for one more interval than the count).
+    keepalive_count_max: int = Field(2, ge=1)
     max_sessions_per_agent: int = Field(16, ge=1)
     max_channels_per_session: int = Field(1024, ge=1)
     auth_failures_per_minute: int = Field(10, ge=1)  # per source address

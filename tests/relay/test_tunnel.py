@@ -351,3 +351,16 @@ async def test_agent_audit_log_health_and_metrics(
     assert lines[1]["result"] == "not_allowed"
     assert 'onprem_agent_streams_total{result="ok"} 1.0' in text
     assert "onprem_agent_connected 1.0" in text
+
+
+def test_default_keepalives_detect_a_dead_peer_within_45_seconds() -> None:
+    # asyncssh disconnects after count_max + 1 unanswered keepalives.
+    from agent.config import AgentConfig
+    from relay.config import SshConfig
+
+    ssh = SshConfig()
+    assert (ssh.keepalive_count_max + 1) * ssh.keepalive_interval_s <= 45
+    fields = AgentConfig.model_fields
+    count = fields["keepalive_count_max"].default
+    interval = fields["keepalive_interval_s"].default
+    assert (count + 1) * interval <= 45
