@@ -141,7 +141,7 @@ class _StreamChannel(ProtocolSession):
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         if self.protocol is not None:
-            self.protocol.data_received(data)
+            self.deliver(data)
             return
         try:
             code = self._socks.receive_data(data)
@@ -157,10 +157,10 @@ class _StreamChannel(ProtocolSession):
             self._fail(StreamTimeoutError("abandoned"))
             return
         protocol = self._factory()
-        transport = self.attach(protocol, (self._host, self._port))  # type: ignore[arg-type]
+        transport = self.attach(protocol, (self._host, self._port))
         self._opened.set_result((transport, protocol))
         if self._socks.leftover:
-            protocol.data_received(self._socks.leftover)  # type: ignore[attr-defined]
+            self.deliver(self._socks.leftover)
 
     def eof_received(self) -> bool:
         if self.protocol is None:

@@ -4,6 +4,11 @@
 same ``Pipe`` protocol splices TCP<->channel on the agent and on the relay. No task
 per stream, no intermediate queue: each ``data_received`` is one ``write`` on the
 other side, and a full write buffer pauses reading on the other side.
+
+The transport also works under ``loop.start_tls`` (TLS end to end inside a stream):
+start_tls swaps the transport's protocol for an ``SSLProtocol``, which is a
+``BufferedProtocol``, so ``ProtocolSession`` always delivers to the transport's
+*current* protocol and speaks both protocol flavours.
 """
 
 from __future__ import annotations
@@ -17,11 +22,17 @@ import asyncssh
 class ChannelTransport(asyncio.Transport):
     """An asyncio transport over an open SSH channel."""
 
+    # loop.start_tls refuses transports without this flag; the ones it accepts must
+    # honour set_protocol (the session reads the current protocol on every callback),
+    # pause/resume_reading and _force_close.
+    _start_tls_compatible = True
+
     def __init__(self, chan: asyncssh.SSHTCPChannel[bytes], peer: tuple[str, int]) -> None:
         super().__init__()
         self._chan = chan
         self._peer = peer
         self.closing = False
+        self._reading = True
         self._protocol: asyncio.BaseProtocol | None = None
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -51,6 +62,10 @@ class ChannelTransport(asyncio.Transport):
     def abort(self) -> None:
         self.close()
 
+    def _force_close(self, exc: BaseException | None) -> None:
+        # What asyncio's SSLProtocol calls on a fatal TLS error or a shutdown timeout.
+        self.close()
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self.closing and data:
             self._chan.write(data if isinstance(data, bytes) else bytes(data))
@@ -66,13 +81,15 @@ class ChannelTransport(asyncio.Transport):
         return True
 
     def pause_reading(self) -> None:
+        self._reading = False
         self._chan.pause_reading()
 
     def resume_reading(self) -> None:
+        self._reading = True
         self._chan.resume_reading()
 
     def is_reading(self) -> bool:
-        return True
+        return self._reading and not self.closing
 
     def get_write_buffer_size(self) -> int:
         return int(self._chan.get_write_buffer_size())
@@ -183,23 +200,47 @@ class ProtocolSession(asyncssh.SSHTCPSession[bytes]):
 
     def __init__(self) -> None:
         self.chan: asyncssh.SSHTCPChannel[bytes] | None = None
-        self.protocol: asyncio.Protocol | None = None
         self.transport: ChannelTransport | None = None
+
+    @property
+    def protocol(self) -> asyncio.Protocol | None:
+        """The protocol the channel's bytes go to now: the one ``attach`` got, or what
+        ``transport.set_protocol`` replaced it with (``loop.start_tls`` does). Typed
+        as ``Protocol`` for the callers that attach one; use ``deliver`` to feed it,
+        which also handles a ``BufferedProtocol``."""
+        if self.transport is None:
+            return None
+        return self.transport._protocol  # type: ignore[return-value]
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         self.chan = chan
 
-    def attach(self, protocol: asyncio.Protocol, peer: tuple[str, int]) -> ChannelTransport:
+    def attach(self, protocol: asyncio.BaseProtocol, peer: tuple[str, int]) -> ChannelTransport:
         assert self.chan is not None
         transport = ChannelTransport(self.chan, peer)
         transport.set_protocol(protocol)
-        self.transport, self.protocol = transport, protocol
+        self.transport = transport
         protocol.connection_made(transport)
         return transport
 
+    def deliver(self, data: bytes) -> None:
+        """Hand received bytes to the current protocol, plain or buffered."""
+        protocol: asyncio.BaseProtocol | None = self.protocol
+        if isinstance(protocol, asyncio.BufferedProtocol):
+            view = memoryview(data)
+            while view:
+                buf = memoryview(protocol.get_buffer(len(view)))
+                n = min(len(buf), len(view))
+                if n == 0:
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+                buf[:n] = view[:n]
+                protocol.buffer_updated(n)
+                view = view[n:]
+        elif protocol is not None:
+            protocol.data_received(data)  # type: ignore[attr-defined]
+
     def data_received(self, data: bytes, datatype: int | None) -> None:
-        if self.protocol is not None:
-            self.protocol.data_received(data)
+        self.deliver(data)
 
     def eof_received(self) -> bool:
         if self.protocol is not None:
