@@ -11,18 +11,24 @@ import structlog
 from aiohttp import web
 
 from relay.api.app import make_app
+from relay.cli import STALE_PRESENCE_INTERVALS
 from relay.config import RelayConfig
 from relay.hub import AgentHub
 from relay.keys import fingerprint, load_or_create_host_key
 from relay.localfwd import start_local_forward
 from relay.metrics import RelayMetrics
-from relay.registry import Registry
+from relay.registry import Registry, SecretBox
+from relay.routing.executor import HttpExecutor
 from relay.sshd import SSHEndpoint
+from relay.wstunnel import setup_tunnel_route
 from shared.logging import configure_logging
 from shared.net import parse_host_port
 from shared.version import __version__
 
 log = structlog.get_logger("relay.server")
+
+# How often offline connections are tested again in the background.
+DEFAULT_REPING_INTERVAL_S = 60.0
 
 
 async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> None:
@@ -37,7 +43,13 @@ async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> No
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 
-    registry = await Registry.open(config.database_url, base_dir=config.base_dir)
+    secrets = SecretBox.load_or_create(config.path(config.secrets_key_file))
+    registry = await Registry.open(
+        config.database_url,
+        base_dir=config.base_dir,
+        stale_session_after_s=STALE_PRESENCE_INTERVALS * config.ssh.presence_interval_s,
+        secrets=secrets,
+    )
     try:
         await registry.upgrade()
         host_key = load_or_create_host_key(config.path(config.ssh.host_key_file))
@@ -67,7 +79,26 @@ async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> No
         bound_ssh = await endpoint.start(ssh_host, ssh_port)
         ssh_ready["listening"] = True
 
-        runner = web.AppRunner(make_app(hub, registry, ssh_ready), access_log=None)
+        executor = HttpExecutor(
+            hub=hub,
+            registry=registry,
+            deny_private_networks=config.cloud.deny_private_networks,
+            metrics=hub.metrics,
+        )
+        app = make_app(
+            hub,
+            registry,
+            ssh_ready,
+            secrets=secrets,
+            config=config,
+            executor=executor,
+            host_key=fingerprint(host_key),
+            reping_interval_s=DEFAULT_REPING_INTERVAL_S,
+        )
+        # Agents in networks that allow only HTTPS out reach SSH through /v1/tunnel.
+        setup_tunnel_route(app, endpoint)
+        # The app closes the executor and stops its re-test loop on cleanup.
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         http_host, http_port = parse_host_port(config.http.listen)
         site = web.TCPSite(runner, http_host, http_port, backlog=1024)

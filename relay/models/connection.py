@@ -247,9 +247,7 @@ class RequestIn(Model):
 
     @model_validator(mode="after")
     def _one_body(self) -> RequestIn:
-        given = [
-            n for n in ("body", "body_text", "body_base64") if getattr(self, n) is not None
-        ]
+        given = [n for n in ("body", "body_text", "body_base64") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"give at most one of body, body_text, body_base64 (got {given})")
         for name, value in self.headers.items():

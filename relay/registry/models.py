@@ -24,6 +24,8 @@ NAME_LEN = 100
 DESCRIPTION_LEN = 1000
 HASH_LEN = 64
 SHORT_TEXT_LEN = 255
+CONNECTION_NAME_LEN = 200
+STATE_REASON_LEN = 1000
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -113,4 +115,36 @@ audit_events = sa.Table(
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("target_id", sa.String(64), nullable=False),
     sa.Column("details", sa.JSON(), nullable=False),
+)
+
+# A connection's settings live in ``document`` (JSON text of ``ConnectionIn``, every
+# secret in it encrypted on its own); name, mode and agent are copied into columns
+# for listing and for the foreign key that keeps an agent in use from being deleted.
+connections = sa.Table(
+    "connections",
+    metadata,
+    sa.Column("id", sa.String(ID_LEN), primary_key=True),
+    sa.Column(
+        "account_id",
+        sa.String(ID_LEN),
+        sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("name", sa.String(CONNECTION_NAME_LEN), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column(
+        "agent_id",
+        sa.String(ID_LEN),
+        sa.ForeignKey("agents.id", ondelete="RESTRICT"),
+        nullable=True,
+        index=True,
+    ),
+    sa.Column("document", sa.Text(), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False, index=True),
+    sa.Column("state_reason", sa.String(STATE_REASON_LEN), nullable=True),
+    sa.Column("last_tested_at", UTCDateTime(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("version", sa.Integer(), nullable=False),
 )

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from relay.errors import ConflictError, NotFoundError, RegistryError
 from relay.registry import db, migrate
+from relay.registry.connections import ConnectionsMixin, InUseError
 from relay.registry.info import AccountInfo, AgentInfo, AuditEvent, SessionInfo
 from relay.registry.models import (
     DESCRIPTION_LEN,
@@ -31,6 +32,7 @@ from relay.registry.models import (
     agents,
     audit_events,
 )
+from relay.registry.secrets import SecretBox
 from relay.registry.tokens import (
     ACCOUNT_PREFIX,
     AGENT_PREFIX,
@@ -148,13 +150,19 @@ _AGENT_COLUMNS = (
 )
 
 
-class Registry:
+class Registry(ConnectionsMixin):
     """Async access to the registry database. Open with ``await Registry.open(url)``."""
 
     def __init__(
-        self, engine: AsyncEngine, url: URL, *, stale_session_after_s: float | None = None
+        self,
+        engine: AsyncEngine,
+        url: URL,
+        *,
+        stale_session_after_s: float | None = None,
+        secrets: SecretBox | None = None,
     ) -> None:
         self._engine = engine
+        self._secrets = secrets
         # Writers take SQLite's write lock at BEGIN (see relay.registry.db).
         self._write_engine = engine.execution_options(**{db.WRITE_OPTION: True})
         self._url = url
@@ -169,15 +177,23 @@ class Registry:
         *,
         base_dir: str = ".",
         stale_session_after_s: float | None = None,
+        secrets: SecretBox | None = None,
     ) -> Registry:
         """Create the engine (no connection, no migration yet).
 
         ``stale_session_after_s``: sessions whose ``last_seen`` is older are ignored
         (their relay process died without clearing them); None keeps every session.
+        ``secrets``: encrypts and decrypts the secrets of connections; without it the
+        connection methods raise ``RegistryError``.
         Raises ``ConfigError`` for a bad or unsupported URL.
         """
         url = db.resolve_url(database_url, base_dir)
-        return cls(db.create_engine(url), url, stale_session_after_s=stale_session_after_s)
+        return cls(
+            db.create_engine(url),
+            url,
+            stale_session_after_s=stale_session_after_s,
+            secrets=secrets,
+        )
 
     @property
     def url(self) -> str:
@@ -424,11 +440,70 @@ class Registry:
             )
         return token
 
+    async def update_agent(
+        self,
+        agent_id: str,
+        account_id: str | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        actor: str = "cli",
+    ) -> AgentInfo:
+        """Rename or re-describe an agent (None leaves a field as it is)."""
+        values: dict[str, Any] = {}
+        if name is not None:
+            values["name"] = _check_text("agent name", name, NAME_LEN)
+        if description is not None:
+            values["description"] = _check_text(
+                "description", description, DESCRIPTION_LEN, allow_empty=True, multiline=True
+            )
+        try:
+            async with self._write() as conn:
+                row = await self._agent_row(conn, agent_id, account_id)
+                if name is not None and name != row.name:
+                    taken = await conn.scalar(
+                        sa.select(agents.c.id).where(
+                            agents.c.account_id == row.account_id, agents.c.name == name
+                        )
+                    )
+                    if taken is not None:
+                        raise ConflictError(
+                            f"account {row.account_id} already has an agent named {name!r}"
+                        )
+                changed = {k: v for k, v in values.items() if getattr(row, k) != v}
+                if changed:
+                    await conn.execute(
+                        agents.update()
+                        .where(agents.c.id == agent_id)
+                        .values(**changed, updated_at=_now())
+                    )
+                    await self._audit(
+                        conn,
+                        row.account_id,
+                        actor,
+                        "agent.changed",
+                        agent_id,
+                        {"name": values.get("name", row.name), "fields": sorted(changed)},
+                    )
+                row = await self._agent_row(conn, agent_id, account_id)
+                sessions = await self._sessions_by_agent(conn, agent_id=agent_id)
+        except IntegrityError:
+            raise ConflictError(f"an agent named {name!r} already exists") from None
+        return _agent_from_row(row, sessions.get(agent_id, []))
+
     async def delete_agent(
         self, agent_id: str, account_id: str | None = None, *, actor: str = "cli"
     ) -> None:
+        """``InUseError`` (a ``ConflictError``) while connections use the agent."""
         async with self._write() as conn:
             row = await self._agent_row(conn, agent_id, account_id)
+            users = await self._connections_using_agent(conn, agent_id)
+            if users:
+                raise InUseError(
+                    f"agent {agent_id} is used by connection(s) {', '.join(users)}: "
+                    "change or delete them first",
+                    users,
+                )
             await conn.execute(agent_sessions.delete().where(agent_sessions.c.agent_id == agent_id))
             await conn.execute(agents.delete().where(agents.c.id == agent_id))
             await self._audit(
