@@ -18,7 +18,7 @@ from agent.allowlist import Allowlist
 from agent.audit import AuditLog
 from agent.metrics import AgentMetrics
 from shared.socks5 import Reply, Socks5Error, Socks5Server
-from shared.splice import Pipe, ProtocolSession, link
+from shared.splice import Pipe, ProtocolSession, contained, link
 
 log = structlog.get_logger("agent.tunnel")
 
@@ -139,6 +139,7 @@ class AgentStream(ProtocolSession):
         if self.chan is not None:
             self.chan.close()
 
+    @contained
     def data_received(self, data: bytes, datatype: int | None) -> None:
         if self.protocol is not None:
             self.protocol.data_received(data)
@@ -192,11 +193,13 @@ class AgentStream(ProtocolSession):
             self._pipe.data_received(self._socks.leftover)
         link(self._pipe, remote)
 
+    @contained
     def eof_received(self) -> bool:
         if self.protocol is None:
             return False
         return super().eof_received()
 
+    @contained
     def connection_lost(self, exc: Exception | None) -> None:
         if self._dial is not None and not self._dial.done():
             self._dial.cancel()

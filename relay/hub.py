@@ -37,7 +37,7 @@ from relay.errors import (
 )
 from relay.metrics import RelayMetrics
 from shared.socks5 import Reply, Socks5Client, Socks5Error
-from shared.splice import ChannelTransport, ProtocolSession
+from shared.splice import ChannelTransport, ProtocolSession, contained
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -139,6 +139,7 @@ class _StreamChannel(ProtocolSession):
         super().connection_made(chan)
         chan.write(self._socks.initial_bytes())
 
+    @contained
     def data_received(self, data: bytes, datatype: int | None) -> None:
         if self.protocol is not None:
             self.deliver(data)
@@ -162,12 +163,14 @@ class _StreamChannel(ProtocolSession):
         if self._socks.leftover:
             self.deliver(self._socks.leftover)
 
+    @contained
     def eof_received(self) -> bool:
         if self.protocol is None:
             self._fail(AgentProtocolError(f"agent {self._session.agent_id} closed the stream"))
             return False
         return super().eof_received()
 
+    @contained
     def connection_lost(self, exc: Exception | None) -> None:
         self._uncount()
         if self.protocol is None:

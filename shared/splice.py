@@ -14,9 +14,34 @@ start_tls swaps the transport's protocol for an ``SSLProtocol``, which is a
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import asyncssh
+import structlog
+
+log = structlog.get_logger("shared.splice")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def contained(method: F) -> F:
+    """For asyncssh session callbacks: an exception escaping one would make asyncssh
+    close the whole SSH connection, every other stream of the session with it. Log
+    it and close only this channel."""
+
+    @functools.wraps(method)
+    def wrapper(self: ProtocolSession, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except Exception as exc:
+            log.error("stream_callback_failed", callback=method.__name__, error=repr(exc)[:200])
+            if self.chan is not None:
+                self.chan.close()
+            return False
+
+    return wrapper  # type: ignore[return-value]
 
 
 class ChannelTransport(asyncio.Transport):
@@ -68,14 +93,20 @@ class ChannelTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self.closing and data:
-            self._chan.write(data if isinstance(data, bytes) else bytes(data))
+            try:
+                self._chan.write(data if isinstance(data, bytes) else bytes(data))
+            except OSError:  # the channel closed under us (BrokenPipeError)
+                self.close()
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
 
     def write_eof(self) -> None:
         if not self.closing:
-            self._chan.write_eof()
+            try:
+                self._chan.write_eof()
+            except OSError:
+                self.close()
 
     def can_write_eof(self) -> bool:
         return True
@@ -153,7 +184,13 @@ class Pipe(asyncio.Protocol):
         if self._eof_out:
             return
         self._eof_out = True
-        self.transport.write_eof()
+        try:
+            self.transport.write_eof()
+        except OSError:
+            # The peer reset the connection before asyncio noticed (shutdown() says
+            # ENOTCONN): this stream is over, and only this stream.
+            self.transport.close()
+            return
         if self._eof_in:
             self.transport.close()
 
@@ -239,24 +276,29 @@ class ProtocolSession(asyncssh.SSHTCPSession[bytes]):
         elif protocol is not None:
             protocol.data_received(data)  # type: ignore[attr-defined]
 
+    @contained
     def data_received(self, data: bytes, datatype: int | None) -> None:
         self.deliver(data)
 
+    @contained
     def eof_received(self) -> bool:
         if self.protocol is not None:
             return bool(self.protocol.eof_received())
         return False
 
+    @contained
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:
             self.transport.closing = True
         if self.protocol is not None:
             self.protocol.connection_lost(exc)
 
+    @contained
     def pause_writing(self) -> None:
         if self.protocol is not None:
             self.protocol.pause_writing()
 
+    @contained
     def resume_writing(self) -> None:
         if self.protocol is not None:
             self.protocol.resume_writing()

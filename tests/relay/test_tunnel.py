@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import struct
 from pathlib import Path
 
 import asyncssh
@@ -364,3 +365,44 @@ def test_default_keepalives_detect_a_dead_peer_within_45_seconds() -> None:
     count = fields["keepalive_count_max"].default
     interval = fields["keepalive_interval_s"].default
     assert (count + 1) * interval <= 45
+
+
+async def test_clients_resetting_connections_do_not_drop_the_session(
+    relay: Relay, start_agent
+) -> None:
+    from relay.localfwd import start_local_forward
+
+    async def slow_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read(1024)
+        writer.write(data * 100)
+        writer.write_eof()
+        await writer.drain()
+        writer.close()
+
+    target = await asyncio.start_server(slow_echo, "127.0.0.1", 0)
+    port = target.sockets[0].getsockname()[1]
+    await start_agent([f"127.0.0.1:{port}"])
+    session_ids = {s.id for s in relay.hub.sessions(relay.agent_id)}
+    fwd = await start_local_forward(relay.hub, "127.0.0.1:0", relay.agent_id, f"127.0.0.1:{port}")
+    fport = fwd.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            for i in range(40):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.setblocking(False)
+                await loop.sock_connect(s, ("127.0.0.1", fport))
+                await loop.sock_sendall(s, b"ping")
+                if i % 2:
+                    await loop.sock_recv(s, 10)
+                s.close()  # RST, at varying points of the exchange
+            await relay.hub.wait_idle()
+            reader, writer = await asyncio.open_connection("127.0.0.1", fport)
+            writer.write(b"ok")
+            assert await reader.read() == b"ok" * 100
+            writer.close()
+        assert {s.id for s in relay.hub.sessions(relay.agent_id)} == session_ids
+    finally:
+        fwd.close()
+        target.close()
