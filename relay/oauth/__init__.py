@@ -1,0 +1,8 @@
+"""OAuth 2.0 for HTTP connections (design sections 3 and 6, issue 4): the
+authorization-code flow with PKCE (``flow``), token requests (``client``), the tokens
+and where they may be sent (``tokens``), single-flight refresh (``refresh``), the
+pipeline's auth step (``step``) and state-change webhooks (``signals``).
+
+Protocol pieces come from authlib's I/O-free primitives (``_authlib``); the HTTP is
+aiohttp. The exception tree is in ``errors``.
+"""
