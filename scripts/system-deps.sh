@@ -12,6 +12,7 @@ NEEDED=(
     "curl:curl"            # scripts/demo.sh
     "nginx:nginx"          # TLS in front of the relay's WebSocket tunnel (agent tests)
     "tinyproxy:tinyproxy"  # HTTP CONNECT proxy with Basic auth (agent tests)
+    "systemd-analyze:systemd"  # systemd-analyze verify on the units (packaging tests)
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
