@@ -31,7 +31,7 @@ from relay.registry import AgentInfo, Registry, SecretBox
 from relay.registry.db import describe_error, is_memory, resolve_url
 from shared.config import ConfigError, format_validation_error
 from shared.net import parse_host_port
-from shared.version import __version__
+from shared.version import __version__, is_outdated
 
 PROG = "onprem-relay"
 CONFIG_NAME = "relay.yaml"
@@ -372,10 +372,20 @@ def _cmd_agents_list(args: argparse.Namespace) -> int:
 
     agents, account_names = asyncio.run(run())
     agents.sort(key=lambda a: (account_names.get(a.account_id, a.account_id), a.name, a.id))
+    minimum = config.min_agent_version
+
+    def outdated(a: AgentInfo) -> bool:
+        versions = [s.client_version for s in a.sessions] or [a.version]
+        return any(is_outdated(v, minimum) for v in versions)
+
     if args.json:
         _print_json(
             [
-                {**a.to_json(), "account": account_names.get(a.account_id, a.account_id)}
+                {
+                    **a.to_json(),
+                    "account": account_names.get(a.account_id, a.account_id),
+                    "outdated": outdated(a),
+                }
                 for a in agents
             ]
         )
@@ -389,7 +399,7 @@ def _cmd_agents_list(args: argparse.Namespace) -> int:
             account_names.get(a.account_id, a.account_id),
             a.name,
             a.status,
-            a.version or "-",
+            (a.version or "-") + (" (OUTDATED)" if outdated(a) else ""),
             _format_time(a.last_seen),
             str(len(a.sessions)),
         ]

@@ -94,6 +94,9 @@ class RelayConfig(StrictModel):
     cloud: CloudConfig = CloudConfig()
     log: LogConfig = LogConfig()
     local_forwards: list[LocalForward] = []
+    # Agents older than this (e.g. "0.2.0") are flagged: a warning when they connect,
+    # "outdated": true in the API and OUTDATED in `agents list`.
+    min_agent_version: str | None = Field(None, pattern=r"^\d+(\.\d+){0,3}$")
     shutdown_timeout_s: float = Field(10.0, gt=0)
     # Where relative paths in the file are resolved from (set by ``load``).
     base_dir: str = "."

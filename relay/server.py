@@ -73,6 +73,7 @@ async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> No
             auth_failures_per_minute=ssh.auth_failures_per_minute,
             token_recheck_interval=ssh.token_recheck_interval_s,
             presence_interval=ssh.presence_interval_s,
+            min_agent_version=config.min_agent_version,
         )
         ssh_host, ssh_port = parse_host_port(ssh.listen)
         ssh_ready = {"listening": False}

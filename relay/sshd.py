@@ -21,6 +21,7 @@ import structlog
 
 from relay.hub import AgentHub, AgentSession
 from relay.registry import Registry, SessionInfo
+from shared.version import is_outdated
 
 log = structlog.get_logger("relay.sshd")
 
@@ -199,6 +200,13 @@ class _AgentConnection(asyncssh.SSHServer):
             version=software,
             hostname=hostname,
         )
+        if is_outdated(software, self._ep.min_agent_version):
+            log.warning(
+                "agent_outdated",
+                agent_id=agent_id,
+                version=software,
+                minimum=self._ep.min_agent_version,
+            )
         self._ep.spawn(self._ep.registry.session_opened(self._ep.session_info(session)))
         return VirtualListener(session.listen_port)
 
@@ -232,6 +240,7 @@ class SSHEndpoint:
         auth_failures_per_minute: int = 10,
         token_recheck_interval: float = 5.0,
         presence_interval: float = 15.0,
+        min_agent_version: str | None = None,
     ) -> None:
         self.registry = registry
         self.hub = hub
@@ -244,6 +253,7 @@ class SSHEndpoint:
         self.throttle = AuthThrottle(auth_failures_per_minute)
         self.token_recheck_interval = token_recheck_interval
         self.presence_interval = presence_interval
+        self.min_agent_version = min_agent_version
         self._server: asyncssh.SSHAcceptor | None = None
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()

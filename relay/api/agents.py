@@ -20,6 +20,7 @@ from relay.models.agent import (
     AgentToken,
 )
 from relay.registry import AccountInfo, AgentInfo
+from shared.version import is_outdated
 
 AGENT_ID = r"{agent_id}"
 
@@ -30,7 +31,7 @@ def actor_of(account: AccountInfo) -> str:
     return f"api:{account.id}"
 
 
-def agent_out(agent: AgentInfo, hub: AgentHub) -> AgentOut:
+def agent_out(agent: AgentInfo, hub: AgentHub, min_version: str | None = None) -> AgentOut:
     """The agent with its sessions: the registry's (every relay process) plus any this
     process holds that the registry has not recorded yet."""
     sessions = [
@@ -66,6 +67,8 @@ def agent_out(agent: AgentInfo, hub: AgentHub) -> AgentOut:
         status="online" if online else "offline",
         last_seen=agent.last_seen,
         version=agent.version,
+        outdated=any(is_outdated(s.version, min_version) for s in sessions)
+        or (not sessions and is_outdated(agent.version, min_version)),
         sessions=sessions,
         created_at=agent.created_at,
         updated_at=agent.updated_at,
@@ -85,7 +88,8 @@ async def list_agents(request: web.Request) -> web.Response:
     account = account_of(request)
     hub = request.app[HUB]
     agents = await request.app[REGISTRY].list_agents(account.id)
-    return _json(AgentList(agents=[agent_out(a, hub) for a in agents]))
+    minimum = request.app[CONFIG].min_agent_version
+    return _json(AgentList(agents=[agent_out(a, hub, minimum) for a in agents]))
 
 
 async def create_agent(request: web.Request) -> web.Response:
@@ -100,7 +104,7 @@ async def create_agent(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     host_key = request.app[HOST_KEY]
     agent_yaml = render_agent_yaml(agent, account.name, agent_relay_address(config), host_key)
-    out = agent_out(agent, request.app[HUB])
+    out = agent_out(agent, request.app[HUB], request.app[CONFIG].min_agent_version)
     created = AgentCreated(
         **out.model_dump(), token=token, host_key=host_key, agent_yaml=agent_yaml
     )
@@ -110,7 +114,7 @@ async def create_agent(request: web.Request) -> web.Response:
 async def get_agent(request: web.Request) -> web.Response:
     account = account_of(request)
     agent = await request.app[REGISTRY].get_agent(request.match_info["agent_id"], account.id)
-    return _json(agent_out(agent, request.app[HUB]))
+    return _json(agent_out(agent, request.app[HUB], request.app[CONFIG].min_agent_version))
 
 
 async def patch_agent(request: web.Request) -> web.Response:
@@ -127,7 +131,7 @@ async def patch_agent(request: web.Request) -> web.Response:
         )
     except ValueError as exc:
         raise _registry_value_error(exc) from None
-    return _json(agent_out(agent, request.app[HUB]))
+    return _json(agent_out(agent, request.app[HUB], request.app[CONFIG].min_agent_version))
 
 
 async def delete_agent(request: web.Request) -> web.Response:

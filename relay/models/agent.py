@@ -79,6 +79,8 @@ class AgentOut(Model):
     status: Literal["online", "offline"]
     last_seen: datetime | None
     version: str | None
+    # Older than the relay's min_agent_version (any of its sessions).
+    outdated: bool = False
     sessions: list[AgentSessionOut]
     created_at: datetime
     updated_at: datetime | None

@@ -14,6 +14,7 @@ AGENT_KEYS = {
     "status",
     "last_seen",
     "version",
+    "outdated",
     "sessions",
     "created_at",
     "updated_at",
