@@ -20,6 +20,7 @@ import asyncssh
 
 from agent import auditview, install
 from agent import config as agent_config
+from agent.allowlist import parse_rule
 from agent.daemon import Agent, connect
 from agent.errors import AuthRejectedError, FatalError, HostKeyMismatchError
 from shared.config import ConfigError
@@ -217,9 +218,35 @@ def _cmd_check(config_file: str | None) -> int:
         ok = False
     elif "*" in cfg.allow:
         print("[warn] allowlist has '*': the relay may reach any host; list hosts instead")
-    else:
-        _check(True, f"allowlist: {len(cfg.allow)} entries ({', '.join(cfg.allow)})")
+    asyncio.run(_check_allowlist(cfg))
     return 0 if ok else 1
+
+
+async def _check_allowlist(cfg: agent_config.AgentConfig) -> None:
+    """Can this machine reach each exact allowlist entry? Unreachable entries are
+    warnings, not failures: a target may be down now, or only reachable later."""
+    for entry in cfg.allow:
+        rule = parse_rule(entry)
+        if rule.name is not None:
+            host = rule.name
+        elif rule.network is not None and rule.network.num_addresses == 1:
+            host = str(rule.network.network_address)
+        else:
+            print(f"[info] allow {entry}: a pattern, matched per request (not probed)")
+            continue
+        if rule.ports is None:
+            print(f"[info] allow {entry}: any port (not probed)")
+            continue
+        port = rule.ports[0][0]
+        try:
+            async with asyncio.timeout(cfg.dial_timeout_s):
+                _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            print(f"[ok] allow {entry}: {host}:{port} reachable from this machine")
+        except (OSError, TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            print(f"[warn] allow {entry}: {host}:{port} not reachable now ({reason})")
+            print("       fix: check the name, the service, and firewalls between agent and target")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
