@@ -5,6 +5,7 @@ terminating TLS with a private CA), and both combined."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import shutil
 import socket
@@ -53,13 +54,13 @@ def tool(name: str) -> str:
     return path
 
 
-@pytest.fixture
-async def proxy(tmp_path: Path) -> AsyncIterator[int]:
+@contextlib.asynccontextmanager
+async def tinyproxy(tmp_path: Path, extra: str = "") -> AsyncIterator[int]:
     port = free_port()
-    conf = tmp_path / "tinyproxy.conf"
+    conf = tmp_path / f"tinyproxy-{port}.conf"
     conf.write_text(
         f"Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 50\n"
-        f"BasicAuth {PROXY_USER} {PROXY_PASS}\nLogLevel Warning\n"
+        f"BasicAuth {PROXY_USER} {PROXY_PASS}\nLogLevel Warning\n{extra}"
     )
     proc = await asyncio.create_subprocess_exec(
         tool("tinyproxy"),
@@ -76,6 +77,12 @@ async def proxy(tmp_path: Path) -> AsyncIterator[int]:
         proc.terminate()
         async with asyncio.timeout(TIMEOUT):
             await proc.wait()
+
+
+@pytest.fixture
+async def proxy(tmp_path: Path) -> AsyncIterator[int]:
+    async with tinyproxy(tmp_path) as port:
+        yield port
 
 
 @pytest.fixture
@@ -301,3 +308,25 @@ async def test_wss_through_connect_proxy(
         proxy=f"http://{PROXY_USER}:{PROXY_PASS}@127.0.0.1:{proxy}",
     )
     await run_agent_and_echo(relay, cfg, port)
+
+
+async def test_proxy_that_allows_only_https_wss_gets_through_ssh_does_not(
+    relay: Relay, nginx_tls: tuple[int, Path], tmp_path: Path, echo_server: tuple[int, list[int]]
+) -> None:
+    tls_port, ca_file = nginx_tls
+    await wait_port(tls_port)
+    port, _ = echo_server
+    async with tinyproxy(tmp_path, f"ConnectPort {tls_port}\n") as proxy_port:
+        proxy_url = f"http://{PROXY_USER}:{PROXY_PASS}@127.0.0.1:{proxy_port}"
+        ssh_cfg = config_for(relay, f"127.0.0.1:{relay.port}", [], proxy=proxy_url)
+        with pytest.raises(TransportError, match="refused CONNECT"):
+            async with asyncio.timeout(TIMEOUT):
+                await connect(ssh_cfg, relay.token)
+        cfg = config_for(
+            relay,
+            f"wss://localhost:{tls_port}/v1/tunnel",
+            [f"127.0.0.1:{port}"],
+            ca_file=ca_file,
+            proxy=proxy_url,
+        )
+        await run_agent_and_echo(relay, cfg, port)
