@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end demo on one machine: a relay, an agent and a sample "on-premise" HTTP
-# service, all on 127.0.0.1; then one HTTP request through the reverse SSH tunnel.
+# service, all on 127.0.0.1; then an on-premise connection created, tested and called
+# through the reverse SSH tunnel with the REST API (envelope and streamed proxy).
 # Run it with `make demo` (which installs the project first). Everything it creates
 # lives in ./.demo (or $ONPREM_DEMO_DIR); every process it starts is stopped on exit.
 set -euo pipefail
@@ -8,7 +9,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEMO_DIR=${ONPREM_DEMO_DIR:-$ROOT/.demo}
 ONLINE_TIMEOUT_S=${ONPREM_DEMO_TIMEOUT_S:-20}
-STEPS=11
+STEPS=13
 
 if [ -x "$ROOT/.venv/bin/python" ]; then
     PY=$ROOT/.venv/bin/python
@@ -120,10 +121,10 @@ mkdir -p "$DEMO_DIR"
 touch "$DEMO_DIR/.onprem-demo"
 cd "$DEMO_DIR"
 
-read -r SSH_PORT HTTP_PORT SERVICE_PORT FORWARD_PORT < <("$PY" - <<'EOF'
+read -r SSH_PORT HTTP_PORT SERVICE_PORT < <("$PY" - <<'EOF'
 import socket
 
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(3)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
@@ -131,7 +132,7 @@ for s in socks:
     s.close()
 EOF
 )
-[ -n "${FORWARD_PORT:-}" ] || die "could not pick free ports"
+[ -n "${SERVICE_PORT:-}" ] || die "could not pick free ports"
 
 RELAY_DIR=$DEMO_DIR/relay
 export ONPREM_RELAY_CONFIG=$RELAY_DIR/relay.yaml
@@ -164,7 +165,8 @@ EOF
 say "onprem-relay accounts create demo --json"
 ACCOUNT_JSON=$(onprem-relay accounts create demo --json 2>"$DEMO_DIR/cli.log") \
     || { cat "$DEMO_DIR/cli.log" >&2; die "accounts create failed"; }
-ACCOUNT_ID=$(json_field id <<<"$ACCOUNT_JSON") || die "accounts create printed no id: $ACCOUNT_JSON"
+ACCOUNT_ID=$(json_field id <<<"$ACCOUNT_JSON") || die "accounts create printed no id"
+API_TOKEN=$(json_field api_token <<<"$ACCOUNT_JSON") || die "accounts create printed no api_token"
 echo "      account $ACCOUNT_ID (API token printed once, not shown here)"
 
 say "onprem-relay agents create --account demo demo-agent --json"
@@ -200,26 +202,6 @@ allow:
   - "127.0.0.1:$SERVICE_PORT"
 audit_file: $AGENT_DIR/audit.log
 log: {level: info, format: json}
-EOF
-
-say "relay.yaml: local_forwards 127.0.0.1:$FORWARD_PORT -> $AGENT_ID -> 127.0.0.1:$SERVICE_PORT"
-"$PY" - "$ONPREM_RELAY_CONFIG" "$FORWARD_PORT" "$AGENT_ID" "$SERVICE_PORT" <<'EOF'
-import sys
-
-import yaml
-
-path, forward_port, agent_id, service_port = sys.argv[1:]
-with open(path, encoding="utf-8") as f:
-    cfg = yaml.safe_load(f) or {}
-cfg["local_forwards"] = [
-    {
-        "listen": f"127.0.0.1:{forward_port}",
-        "agent_id": agent_id,
-        "target": f"127.0.0.1:{service_port}",
-    }
-]
-with open(path, "w", encoding="utf-8") as f:
-    yaml.safe_dump(cfg, f, sort_keys=False)
 EOF
 
 say "onprem-relay serve (log: $RELAY_LOG)"
@@ -259,20 +241,61 @@ print(next((a.get("status", "unknown") for a in agents if a.get("id") == sys.arg
 done
 echo "      agent $AGENT_ID is online"
 
-say "GET http://127.0.0.1:$FORWARD_PORT/hello.json (relay -> SSH tunnel -> agent -> service)"
-if command -v curl >/dev/null 2>&1; then
-    response=$(curl -sS --fail --max-time 10 "http://127.0.0.1:$FORWARD_PORT/hello.json") \
-        || die "the request through the tunnel failed"
-else
-    response=$("$PY" -c '
-import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
-    print(r.read().decode())
-' "http://127.0.0.1:$FORWARD_PORT/hello.json") || die "the request through the tunnel failed"
-fi
-echo "$response"
-grep -q "hello from inside the firewall" <<<"$response" \
-    || die "unexpected response through the tunnel"
+API=http://127.0.0.1:$HTTP_PORT
+# api METHOD PATH [JSON BODY]: call the relay's REST API with the account's token;
+# prints the status line and the body (indented JSON when it is JSON).
+api() {
+    "$PY" - "$API_TOKEN" "$1" "$API$2" "${3:-}" <<'EOF'
+import json, sys, urllib.error, urllib.request
+
+token, method, url, body = sys.argv[1:]
+req = urllib.request.Request(url, method=method, data=body.encode() if body else None)
+req.add_header("Authorization", f"Bearer {token}")
+if body:
+    req.add_header("Content-Type", "application/json")
+try:
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        status, raw = resp.status, resp.read()
+except urllib.error.HTTPError as err:
+    status, raw = err.code, err.read()
+try:
+    text = json.dumps(json.loads(raw), indent=2)
+except ValueError:
+    text = raw.decode(errors="replace")
+print(f"HTTP {status}")
+print(text)
+sys.exit(0 if status < 300 else 1)
+EOF
+}
+
+CONNECTION=$(cat <<EOF
+{"name": "ERP demo (on-prem)", "mode": "onpremise", "agent_id": "$AGENT_ID",
+ "http": {"base_uri": "http://127.0.0.1:$SERVICE_PORT",
+          "ping": {"method": "GET", "relative_uri": "/hello.json",
+                   "success_path": "service", "success_values": ["erp-demo"]}}}
+EOF
+)
+
+say "POST /v1/connections/test: Test connection (mode onpremise, through agent $AGENT_ID)"
+out=$(api POST /v1/connections/test "$CONNECTION") || { echo "$out"; die "test request failed"; }
+echo "$out" | sed 's/^/      /'
+grep -q '"ok": true' <<<"$out" || die "the connection test did not pass"
+
+say "POST /v1/connections: Save & continue (tests again, then saves)"
+out=$(api POST /v1/connections "$CONNECTION") || { echo "$out"; die "saving the connection failed"; }
+CONNECTION_ID=$(sed 1d <<<"$out" | json_field id) || die "no connection id in: $out"
+echo "      connection $CONNECTION_ID, state $(sed 1d <<<"$out" | json_field state)"
+
+say "POST /v1/connections/$CONNECTION_ID/request: GET /hello.json in a JSON envelope"
+out=$(api POST "/v1/connections/$CONNECTION_ID/request" \
+    '{"method": "GET", "relative_uri": "/hello.json"}') || { echo "$out"; die "request failed"; }
+echo "$out" | sed 's/^/      /'
+grep -q "hello from inside the firewall" <<<"$out" || die "unexpected response through the tunnel"
+
+say "GET /v1/connections/$CONNECTION_ID/proxy/hello.json: the same, streamed"
+out=$(api GET "/v1/connections/$CONNECTION_ID/proxy/hello.json") || { echo "$out"; die "proxy failed"; }
+echo "$out" | sed 's/^/      /'
+grep -q "hello from inside the firewall" <<<"$out" || die "unexpected response through the proxy"
 
 echo "demo: OK: the relay reached the on-prem service through agent $AGENT_ID"
 # The agent writes its audit line when the stream closes, just after curl returns.
