@@ -375,7 +375,7 @@ def _cmd_agents_list(args: argparse.Namespace) -> int:
     minimum = config.min_agent_version
 
     def outdated(a: AgentInfo) -> bool:
-        versions = [s.client_version for s in a.sessions] or [a.version]
+        versions: list[str | None] = [s.client_version for s in a.sessions] or [a.version]
         return any(is_outdated(v, minimum) for v in versions)
 
     if args.json:
