@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
@@ -85,6 +86,54 @@ class CloudConfig(StrictModel):
     deny_private_networks: bool = True
 
 
+def url_origin(value: str) -> str:
+    """``scheme://host[:port]`` of an absolute http(s) URL, lower-cased, default port
+    left out; ``ValueError`` for anything else."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) origin such as https://console.example.com")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{value!r}: an origin carries no credentials")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+class OAuthConfig(StrictModel):
+    """OAuth 2.0 connections: the authorization flow, token refresh, webhooks."""
+
+    # Where the callback may send the browser afterwards (``return_url`` of
+    # /authorize): http.public_url's origin, and these origins (a web console).
+    return_origins: list[str] = []
+    state_ttl_s: float = Field(600.0, gt=0, le=3600)  # RFC 6749 4.1.2: codes live <= 10 min
+    refresh_leeway_s: float = Field(60.0, ge=0)  # refresh this long before expiry
+    default_expires_in_s: float = Field(3600.0, gt=0)  # a token response without expires_in
+    token_timeout_s: float = Field(30.0, gt=0, le=300)  # token and revocation requests
+    refresh_wait_s: float = Field(60.0, gt=0)  # waiting for another process's refresh
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60)
+    webhook_attempts: int = Field(3, ge=1, le=10)
+
+    @field_validator("return_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for o in v:
+            if urlsplit(o.strip()).path not in ("", "/"):
+                raise ValueError(f"{o!r}: an origin has no path (https://host[:port])")
+        return [url_origin(o) for o in v]
+
+    @property
+    def lease_s(self) -> float:
+        """The cross-process refresh lease: longer than a token request may take, so a
+        lease never expires while its owner still waits for the provider."""
+        return self.token_timeout_s * 1.5
+
+
 class RelayConfig(StrictModel):
     database_url: str = "sqlite+aiosqlite:///relay.db"
     secrets_key_file: str = "secrets.key"
@@ -92,6 +141,7 @@ class RelayConfig(StrictModel):
     http: HttpConfig = HttpConfig()
     ssh: SshConfig = SshConfig()
     cloud: CloudConfig = CloudConfig()
+    oauth: OAuthConfig = OAuthConfig()
     log: LogConfig = LogConfig()
     local_forwards: list[LocalForward] = []
     # Agents older than this (e.g. "0.2.0") are flagged: a warning when they connect,

@@ -40,3 +40,9 @@ class RelayMetrics:
         self.oauth_refresh_total = Counter(
             "onprem_relay_oauth_refresh", "OAuth token refreshes", ["result"], registry=r
         )
+        self.connection_state_changes_total = Counter(
+            "onprem_relay_connection_state_changes",
+            "Connection state changes, by the state entered",
+            ["state"],
+            registry=r,
+        )

@@ -11,12 +11,14 @@ import structlog
 from aiohttp import web
 
 from relay.api.app import make_app
+from relay.api.oauth import install_oauth
 from relay.cli import STALE_PRESENCE_INTERVALS
 from relay.config import RelayConfig
 from relay.hub import AgentHub
 from relay.keys import fingerprint, load_or_create_host_key
 from relay.localfwd import start_local_forward
 from relay.metrics import RelayMetrics
+from relay.oauth.service import OAuthService
 from relay.registry import Registry, SecretBox
 from relay.routing.executor import HttpExecutor
 from relay.sshd import SSHEndpoint
@@ -50,6 +52,7 @@ async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> No
         stale_session_after_s=STALE_PRESENCE_INTERVALS * config.ssh.presence_interval_s,
         secrets=secrets,
     )
+    oauth: OAuthService | None = None
     try:
         await registry.upgrade()
         host_key = load_or_create_host_key(config.path(config.ssh.host_key_file))
@@ -80,11 +83,15 @@ async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> No
         bound_ssh = await endpoint.start(ssh_host, ssh_port)
         ssh_ready["listening"] = True
 
+        # OAuth 2.0: the executor's auth step for oauth2 connections, and the state
+        # changes it records (logged, counted, signalled) go through ``oauth.states``.
+        oauth = OAuthService(registry, config=config, metrics=hub.metrics)
         executor = HttpExecutor(
             hub=hub,
-            registry=registry,
+            registry=oauth.states,
             deny_private_networks=config.cloud.deny_private_networks,
             metrics=hub.metrics,
+            auth_steps=oauth.auth_steps(),
         )
         app = make_app(
             hub,
@@ -96,6 +103,7 @@ async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> No
             host_key=fingerprint(host_key),
             reping_interval_s=DEFAULT_REPING_INTERVAL_S,
         )
+        install_oauth(app, oauth)
         # Agents in networks that allow only HTTPS out reach SSH through /v1/tunnel.
         setup_tunnel_route(app, endpoint)
         # The app closes the executor and stops its re-test loop on cleanup.
@@ -135,4 +143,6 @@ async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> No
         await runner.cleanup()
         log.info("relay_stopped")
     finally:
+        if oauth is not None:
+            await oauth.aclose()
         await registry.close()

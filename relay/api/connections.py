@@ -18,12 +18,16 @@ from relay.api.errors import (
     read_json,
     read_json_model,
 )
-from relay.api.keys import EXECUTOR, REGISTRY, account_of, request_id_of
+from relay.api.keys import EXECUTOR, OAUTH, REGISTRY, account_of, request_id_of
 from relay.api.merge_patch import apply_merge_patch
 from relay.models.api import ConnectionList
 from relay.models.connection import MASK, ConnectionIn, ConnectionOut
-from relay.registry import AccountInfo, StoredConnection
+from relay.oauth.errors import TokenError
+from relay.registry import AccountInfo, StateUpdate, StoredConnection
 from relay.registry.connections import SECRET_PATHS, get_path, set_path
+from shared.logging import get_logger
+
+log = get_logger("relay.api.connections")
 
 NOT_TESTED = "not tested"
 NEEDS_AUTHORIZATION = "not authorized yet: open /v1/connections/{id}/authorize"
@@ -95,11 +99,12 @@ async def create_connection(request: web.Request) -> web.Response:
     # Before testing: a test must never go through another account's agent.
     await registry.check_connection_refs(account.id, spec)
     tested_at: datetime | None = None
-    if spec.http.auth.type == "oauth2":
+    if await _uses_authorization_code(request, account, spec):
         state, reason = "needs_authorization", NEEDS_AUTHORIZATION
     elif not verify:
         state, reason = "offline", NOT_TESTED
     else:
+        # client_credentials too: the test fetches a token of its own, stored nowhere.
         tested_at = await _test_or_fail(request, account, spec, None)
         state, reason = "online", None
     stored = await registry.create_connection(
@@ -153,10 +158,31 @@ def merged_spec(stored: StoredConnection, patch: dict[str, Any]) -> ConnectionIn
     return spec
 
 
-def _needs_authorization(old: StoredConnection, new: ConnectionIn) -> bool:
-    """OAuth 2.0 connections need (re-)authorizing when they become OAuth or their
-    OAuth settings change; until then they are not tested."""
-    if new.http.auth.type != "oauth2":
+async def _uses_authorization_code(
+    request: web.Request, account: AccountInfo, spec: ConnectionIn
+) -> bool:
+    """An OAuth 2.0 connection whose iClient needs a user's consent: it cannot be
+    tested before ``/authorize`` and the callback. (client_credentials connections
+    are tested like any other.) The iClient was checked to be the account's own."""
+    auth = spec.http.auth
+    if auth.type != "oauth2" or auth.oauth2 is None:
+        return False
+    iclient = await request.app[REGISTRY].get_iclient(auth.oauth2.iclient_id, account.id)
+    return iclient.spec.grant_type == "authorization_code"
+
+
+def _oauth_changed(old: ConnectionIn, new: ConnectionIn) -> bool:
+    """The connection's OAuth setup changed: tokens got for the old one are void."""
+    was, now = old.http.auth, new.http.auth
+    return was.type == "oauth2" and (now.type != "oauth2" or was.oauth2 != now.oauth2)
+
+
+async def _needs_authorization(
+    request: web.Request, account: AccountInfo, old: StoredConnection, new: ConnectionIn
+) -> bool:
+    """Authorization-code connections need (re-)authorizing when they become OAuth or
+    their OAuth settings change; until then they are not tested."""
+    if not await _uses_authorization_code(request, account, new):
         return False
     return (
         old.spec.http.auth.type != "oauth2"
@@ -179,7 +205,7 @@ async def patch_connection(request: web.Request) -> web.Response:
         return _json(stored.to_out())
     await registry.check_connection_refs(account.id, spec, connection_id)
     tested_at: datetime | None = None
-    if _needs_authorization(stored, spec):
+    if await _needs_authorization(request, account, stored, spec):
         state, reason = "needs_authorization", NEEDS_AUTHORIZATION
     elif not verify:
         state, reason = "offline", NOT_TESTED
@@ -197,24 +223,55 @@ async def patch_connection(request: web.Request) -> web.Response:
         tested_at=tested_at,
     )
     await _forget(request, connection_id)
+    service = request.app.get(OAUTH)
+    if service is not None:
+        if _oauth_changed(stored.spec, spec):
+            await service.manager.discard(connection_id)
+        await service.states.changed(
+            StateUpdate(connection_id, account.id, stored.state, state, reason)
+        )
     return _json(updated.to_out())
 
 
 async def delete_connection(request: web.Request) -> web.Response:
+    """Delete; an OAuth 2.0 connection's grant is then revoked at the provider (RFC
+    7009) when its iClient has a revoke URL. A refused or failed revocation is logged
+    and does not undo the delete."""
     account = account_of(request)
     connection_id = request.match_info["connection_id"]
-    await request.app[REGISTRY].delete_connection(
-        connection_id, account.id, actor=actor_of(account)
-    )
+    registry = request.app[REGISTRY]
+    service = request.app.get(OAUTH)
+    stored = await registry.get_connection(connection_id, account.id)
+    auth = stored.spec.http.auth
+    grant = None
+    if service is not None and auth.type == "oauth2" and auth.oauth2 is not None:
+        # Read before the delete, which drops the token row with the connection.
+        grant = (await service.manager.store.load(connection_id)).tokens
+    await registry.delete_connection(connection_id, account.id, actor=actor_of(account))
     await _forget(request, connection_id)
+    if service is not None and grant is not None and auth.oauth2 is not None:
+        try:
+            target = await service.target(account.id, connection_id, auth.oauth2)
+            await service.manager.revoke_tokens(target, grant)
+        except TokenError as exc:
+            log.warning(
+                "oauth_revoke_failed",
+                connection_id=connection_id,
+                error=exc.error,
+                reason=exc.message,
+            )
     return web.Response(status=204)
 
 
 async def _forget(request: web.Request, connection_id: str) -> None:
-    """Let the executor drop what it pooled for the old settings."""
+    """Let the executor drop what it pooled for the old settings, and the token
+    manager what it remembered about failures."""
     executor = request.app.get(EXECUTOR)
     if executor is not None:
         await executor.forget(connection_id)
+    service = request.app.get(OAUTH)
+    if service is not None:
+        service.manager.forget(connection_id)
 
 
 def setup_routes(app: web.Application) -> None:

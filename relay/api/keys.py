@@ -12,6 +12,7 @@ from relay.hub import AgentHub
 from relay.registry import AccountInfo, Registry, SecretBox
 
 if TYPE_CHECKING:
+    from relay.oauth.service import OAuthService
     from relay.routing.executor import HttpExecutor
 
 HUB = web.AppKey("hub", AgentHub)
@@ -19,6 +20,8 @@ REGISTRY = web.AppKey("registry", Registry)
 SECRETS = web.AppKey("secrets", SecretBox)
 CONFIG = web.AppKey("config", RelayConfig)
 EXECUTOR: web.AppKey[HttpExecutor] = web.AppKey("executor")
+# OAuth 2.0 (relay.api.oauth.install_oauth); without it the OAuth endpoints answer 503.
+OAUTH: web.AppKey[OAuthService] = web.AppKey("oauth")
 SSH_READY = web.AppKey("ssh_ready", dict)
 # The SSH host key fingerprint agents pin (shown when an agent is created).
 HOST_KEY = web.AppKey("host_key", str)

@@ -13,6 +13,8 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from relay.models.agent import AgentCreated, AgentIn, AgentList, AgentOut, AgentPatch, AgentToken
 from relay.models.api import AuditList, ConnectionList, ErrorBody, TestFailedBody
 from relay.models.connection import ConnectionIn, ConnectionOut, RequestIn, RequestOut, TestResult
+from relay.models.iclient import IClientIn, IClientList, IClientOut
+from relay.models.webhook import AuthorizationOut, WebhookIn, WebhookOut
 from shared.version import __version__
 
 OPENAPI_PATH = "/v1/openapi.json"
@@ -24,6 +26,8 @@ _MODELS: list[tuple[type[pydantic.BaseModel], JsonSchemaMode]] = [
     (AgentPatch, "validation"),
     (ConnectionIn, "validation"),
     (RequestIn, "validation"),
+    (IClientIn, "validation"),
+    (WebhookIn, "validation"),
     (AgentOut, "serialization"),
     (AgentCreated, "serialization"),
     (AgentList, "serialization"),
@@ -33,6 +37,10 @@ _MODELS: list[tuple[type[pydantic.BaseModel], JsonSchemaMode]] = [
     (TestResult, "serialization"),
     (RequestOut, "serialization"),
     (AuditList, "serialization"),
+    (IClientOut, "serialization"),
+    (IClientList, "serialization"),
+    (WebhookOut, "serialization"),
+    (AuthorizationOut, "serialization"),
     (ErrorBody, "serialization"),
     (TestFailedBody, "serialization"),
 ]
@@ -66,6 +74,18 @@ EXAMPLES: dict[str, Any] = {
     },
     "ConnectionPatch": {"name": "Orders API (production)", "http": {"timeout_s": 20}},
     "RequestIn": {"method": "GET", "relative_uri": "/orders?limit=5", "headers": {"X-Trace": "1"}},
+    "IClientIn": {
+        "name": "Acme app",
+        "grant_type": "authorization_code",
+        "client_id": "acme-client-id",
+        "client_secret": "acme-client-secret",
+        "authorization_url": "https://auth.acme.com/oauth2/authorize",
+        "token_url": "https://auth.acme.com/oauth2/token",
+        "revoke_url": "https://auth.acme.com/oauth2/revoke",
+        "valid_domains": ["api.acme.com"],
+    },
+    "IClientPatch": {"name": "Acme app (production)", "scope_delimiter": ","},
+    "WebhookIn": {"url": "https://hooks.example.com/onprem-relay"},
 }
 
 _PROXY_METHODS = ("get", "put", "post", "delete", "options", "head", "patch")
@@ -114,6 +134,11 @@ _VERIFY = {
     "schema": {"type": "boolean", "default": True},
 }
 _AGENT_ID = _path_param("agent_id", "An agent id (`agt_...`)")
+_ICLIENT_ID = _path_param("iclient_id", "An iClient id (`icl_...`)")
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+_NO_STORE_REDIRECT = {
+    "Location": {"description": "Where the browser goes next", "schema": {"type": "string"}}
+}
 _CONNECTION_ID = _path_param("connection_id", "A connection id (`con_...`)")
 
 
@@ -169,6 +194,14 @@ def _op(
 def _paths() -> dict[str, Any]:
     agents = ["agents"]
     conns = ["connections"]
+    oauth = ["oauth"]
+    iclient_patch: dict[str, Any] = {
+        "type": "object",
+        "description": (
+            "A JSON merge patch (RFC 7396) of the iClient (`IClientIn`). A client_secret "
+            'given as "********" or left out keeps the stored one; null removes it.'
+        ),
+    }
     merge_patch: dict[str, Any] = {
         "type": "object",
         "description": (
@@ -366,6 +399,135 @@ def _paths() -> dict[str, Any]:
             ),
         },
         "/v1/connections/{connection_id}/proxy/{path}": proxy_ops,
+        "/v1/iclients": {
+            "get": _op(
+                "listIClients",
+                "The account's OAuth 2.0 clients (secrets masked)",
+                _ok(200, "iClients", "IClientList"),
+                tags=oauth,
+            ),
+            "post": _op(
+                "createIClient",
+                "Register an OAuth 2.0 client (its secret is write-only)",
+                {**_ok(201, "Created", "IClientOut"), **_errors(400)},
+                tags=oauth,
+                body="IClientIn",
+            ),
+        },
+        "/v1/iclients/{iclient_id}": {
+            "parameters": [_ICLIENT_ID],
+            "get": _op(
+                "getIClient",
+                "An iClient (secret masked)",
+                {**_ok(200, "The iClient", "IClientOut"), **_errors(404)},
+                tags=oauth,
+            ),
+            "patch": _op(
+                "updateIClient",
+                "Change an iClient (JSON merge patch)",
+                {**_ok(200, "The iClient", "IClientOut"), **_errors(400, 404, 409)},
+                tags=oauth,
+                body=iclient_patch,
+                example="IClientPatch",
+                body_types=("application/merge-patch+json", "application/json"),
+            ),
+            "delete": _op(
+                "deleteIClient",
+                "Delete an iClient (409 while connections use it)",
+                {**_ok(204, "Deleted", None), **_errors(404, 409)},
+                tags=oauth,
+            ),
+        },
+        "/v1/connections/{connection_id}/authorize": {
+            "parameters": [_CONNECTION_ID],
+            "get": _op(
+                "authorizeConnection",
+                "Start the authorization-code flow: 302 to the provider's consent page",
+                {
+                    "302": {
+                        "description": (
+                            "To the provider (state, PKCE S256 challenge, scope, and the "
+                            "redirect URI {http.public_url}/oauth2/callback)"
+                        ),
+                        "headers": _NO_STORE_REDIRECT,
+                    },
+                    **_ok(
+                        200,
+                        "With Accept: application/json, the provider URL instead of a 302",
+                        "AuthorizationOut",
+                    ),
+                    **_errors(400, 404, 409, 503),
+                },
+                tags=oauth,
+                params=[
+                    {
+                        "name": "return_url",
+                        "in": "query",
+                        "required": False,
+                        "description": (
+                            "Where the callback sends the browser afterwards (with "
+                            "connection_id, result and error added to its query): on "
+                            "http.public_url's origin or one of oauth.return_origins; "
+                            "at most 2048 characters"
+                        ),
+                        # No maxLength: a longer value would exceed the HTTP request
+                        # line limit before the relay could answer it.
+                        "schema": {"type": "string"},
+                    }
+                ],
+            ),
+        },
+        "/oauth2/callback": {
+            "get": _op(
+                "oauthCallback",
+                "The provider sends the user's browser here (no bearer token; the state "
+                "is single use, bound to the connection and valid for 10 minutes)",
+                {
+                    "200": {
+                        "description": "Authorized; the page says whether the test passed",
+                        "content": _HTML,
+                    },
+                    "303": {
+                        "description": "Back to the return_url given to /authorize",
+                        "headers": _NO_STORE_REDIRECT,
+                    },
+                    "400": {
+                        "description": "Wrong, reused or expired state, or access denied: "
+                        "nothing stored",
+                        "content": _HTML,
+                    },
+                    "502": {"description": "The provider refused the code", "content": _HTML},
+                },
+                tags=oauth,
+                public=True,
+                params=[
+                    {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                    for name in ("code", "state", "error", "error_description")
+                ],
+            ),
+        },
+        "/v1/account/webhook": {
+            "get": _op(
+                "getWebhook",
+                "The account's connection state-change webhook (url null: none)",
+                _ok(200, "The webhook", "WebhookOut"),
+                tags=oauth,
+            ),
+            "put": _op(
+                "setWebhook",
+                "Set the webhook: signed POSTs (X-Onprem-Signature: t=...,v1=...) when a "
+                "connection breaks or recovers",
+                {**_ok(200, "The webhook", "WebhookOut"), **_errors(400)},
+                tags=oauth,
+                body="WebhookIn",
+            ),
+            "delete": _op(
+                "deleteWebhook",
+                "Remove the webhook",
+                _ok(204, "Removed", None),
+                tags=oauth,
+            ),
+        },
         "/v1/audit": {
             "get": _op(
                 "listAudit",
@@ -399,7 +561,8 @@ def build_document() -> dict[str, Any]:
             "title": "onprem-relay API",
             "version": __version__,
             "description": (
-                "Agents, HTTP connections and requests through them. Every answer carries "
+                "Agents, OAuth 2.0 clients, HTTP connections and requests through them. "
+                "Every answer carries "
                 "an X-Request-Id header; errors are "
                 '`{"error": {"code", "message", "details"}}`.'
             ),

@@ -22,9 +22,12 @@ secret or verifier: they are built from fixed text, host names and the provider'
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from relay.errors import RelayError, UpstreamError
+
+if TYPE_CHECKING:
+    from relay.oauth.flow import PendingAuthorization
 
 
 class OAuthError(RelayError):
@@ -58,6 +61,9 @@ class AuthorizationDeniedError(CallbackError):
         self.error = error
         self.description = description
         self.state = state
+        # The pending authorization the state belonged to (set once the flow burnt it),
+        # so the callback can still send the browser back to its return URL.
+        self.pending: PendingAuthorization | None = None
 
 
 class TokenError(OAuthError, UpstreamError):

@@ -320,6 +320,7 @@ class AuthorizationFlow:
                 except InvalidStateError:
                     pass
                 else:
+                    denied.pending = pending
                     log.info(
                         "oauth_authorization_denied",
                         connection_id=pending.connection_id,

@@ -329,11 +329,23 @@ class TokenManager:
         the connection should go on regardless)."""
         if target.connection_id is None:
             return False
-        async with self._lock(target.connection_id):
-            current = await self.store.load(target.connection_id)
-            await self.store.store(target.connection_id, None, current.version)
-            self.forget(target.connection_id)
-        tokens = current.tokens
+        current = await self.discard(target.connection_id)
+        return await self.revoke_tokens(target, current.tokens)
+
+    async def discard(self, connection_id: str) -> StoredTokens:
+        """Clear the stored tokens (the connection's OAuth settings changed, or it is
+        being revoked) and forget remembered failures. Returns what was stored."""
+        async with self._lock(connection_id):
+            current = await self.store.load(connection_id)
+            if current.tokens is not None:
+                await self.store.store(connection_id, None, current.version)
+            self.forget(connection_id)
+        return current
+
+    async def revoke_tokens(self, target: OAuthTarget, tokens: TokenSet | None) -> bool:
+        """Ask the provider to revoke ``tokens`` (read before the connection was
+        deleted): the refresh token, else the access token. False when there is
+        nothing to revoke or no revoke URL; ``TokenError`` when the provider refused."""
         if tokens is None or not target.iclient.revoke_url:
             return False
         token, hint = (

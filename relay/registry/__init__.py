@@ -4,14 +4,17 @@
 from relay.registry.connections import (
     InUseError,
     InvalidReferenceError,
+    StateUpdate,
     StoredConnection,
 )
 from relay.registry.info import AccountInfo, AgentInfo, AuditEvent, SessionInfo
+from relay.registry.oauth import AccountWebhook, StoredIClient
 from relay.registry.secrets import SecretBox, SecretDecryptError
 from relay.registry.store import Registry, SchemaError
 
 __all__ = [
     "AccountInfo",
+    "AccountWebhook",
     "AgentInfo",
     "AuditEvent",
     "InUseError",
@@ -21,5 +24,7 @@ __all__ = [
     "SecretBox",
     "SecretDecryptError",
     "SessionInfo",
+    "StateUpdate",
     "StoredConnection",
+    "StoredIClient",
 ]

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.errors import ConflictError, NotFoundError, RegistryError
 from relay.models.connection import MASK, ConnectionIn, ConnectionOut
-from relay.registry.models import STATE_REASON_LEN, agents, connections
+from relay.registry.models import STATE_REASON_LEN, agents, connections, iclients
 from relay.registry.secrets import SecretBox
 from relay.registry.tokens import new_id
 
@@ -127,6 +127,21 @@ class StoredConnection:
         )
 
 
+@dataclass(frozen=True)
+class StateUpdate:
+    """A connection's state as it was (``previous``) and as it is now."""
+
+    connection_id: str
+    account_id: str
+    previous: str | None
+    state: str
+    reason: str | None
+
+    @property
+    def changed(self) -> bool:
+        return self.previous != self.state
+
+
 def _clip_reason(reason: str | None) -> str | None:
     return reason[:STATE_REASON_LEN] if reason is not None else None
 
@@ -225,10 +240,21 @@ class ConnectionsMixin:
     async def check_connection_refs(
         self, account_id: str, spec: ConnectionIn, connection_id: str | None = None
     ) -> None:
-        """``InvalidReferenceError`` unless the agent and the connection ``spec`` borrows
-        concurrency from are the account's own (checked again when saving)."""
+        """``InvalidReferenceError`` unless the agent, the connection ``spec`` borrows
+        concurrency from and, for ``auth.type: oauth2``, the iClient are the account's
+        own (the agent and the lender are checked again when saving)."""
         async with self._read() as conn:
             await self._check_refs(conn, account_id, spec, connection_id)
+            auth = spec.http.auth
+            if auth.type == "oauth2" and auth.oauth2 is not None:
+                iclient_id = auth.oauth2.iclient_id
+                owner = await conn.scalar(
+                    sa.select(iclients.c.account_id).where(iclients.c.id == iclient_id)
+                )
+                if owner != account_id:
+                    raise InvalidReferenceError(
+                        "http.auth.oauth2.iclient_id", f"iClient {iclient_id} not found"
+                    )
 
     # -- CRUD --------------------------------------------------------------------------
 
@@ -430,19 +456,35 @@ class ConnectionsMixin:
         reason: str | None,
         *,
         tested_at: datetime | None = None,
-    ) -> None:
+    ) -> StateUpdate:
         """Record a test outcome (no version bump: the settings did not change).
-        ``tested_at`` None keeps the previous ``last_tested_at``."""
+        ``tested_at`` None keeps the previous ``last_tested_at``. Returns the state
+        before and after, read and written in one transaction (so of two processes
+        recording the same change, exactly one sees it as a change)."""
         _check_state(state)
         values: dict[str, Any] = {"state": state, "state_reason": _clip_reason(reason)}
         if tested_at is not None:
             values["last_tested_at"] = tested_at
         async with self._write() as conn:
-            result = await conn.execute(
+            row = (
+                await conn.execute(
+                    sa.select(connections.c.account_id, connections.c.state)
+                    .where(connections.c.id == connection_id)
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                raise NotFoundError(f"connection {connection_id} not found")
+            await conn.execute(
                 connections.update().where(connections.c.id == connection_id).values(**values)
             )
-            if result.rowcount == 0:
-                raise NotFoundError(f"connection {connection_id} not found")
+        return StateUpdate(
+            connection_id=connection_id,
+            account_id=row.account_id,
+            previous=row.state,
+            state=state,
+            reason=values["state_reason"],
+        )
 
     async def connections_using_agent(self, agent_id: str) -> list[str]:
         async with self._read() as conn:

@@ -148,3 +148,86 @@ connections = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("version", sa.Integer(), nullable=False),
 )
+
+# -- OAuth 2.0 (migration 0003_oauth) ---------------------------------------------------
+
+URL_LEN = 2048
+ICLIENT_NAME_LEN = 200
+
+# An iClient's settings live in ``document`` (JSON text of ``IClientIn``, the client
+# secret encrypted on its own); connections name it inside their own document.
+iclients = sa.Table(
+    "iclients",
+    metadata,
+    sa.Column("id", sa.String(ID_LEN), primary_key=True),
+    sa.Column(
+        "account_id",
+        sa.String(ID_LEN),
+        sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("name", sa.String(ICLIENT_NAME_LEN), nullable=False),
+    sa.Column("document", sa.Text(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("version", sa.Integer(), nullable=False),
+)
+
+# One row per OAuth connection: ``tokens`` is the whole token set (access and refresh
+# token together, so one write stores both) encrypted as one value; ``version`` is the
+# compare-and-set counter; ``refresh_owner`` / ``lease_until`` the cross-process
+# refresh lease. ``expires_at`` is a plain copy, for operators.
+oauth_tokens = sa.Table(
+    "oauth_tokens",
+    metadata,
+    sa.Column(
+        "connection_id",
+        sa.String(ID_LEN),
+        sa.ForeignKey("connections.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("tokens", sa.Text(), nullable=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("refresh_owner", sa.String(SHORT_TEXT_LEN), nullable=True),
+    sa.Column("lease_until", UTCDateTime(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# Pending authorizations, keyed by a hash of the state (a leaked table cannot be
+# replayed as callbacks); the PKCE verifier encrypted.
+oauth_states = sa.Table(
+    "oauth_states",
+    metadata,
+    sa.Column("state_hash", sa.String(HASH_LEN), primary_key=True),
+    sa.Column("account_id", sa.String(ID_LEN), nullable=False),
+    sa.Column(
+        "connection_id",
+        sa.String(ID_LEN),
+        sa.ForeignKey("connections.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("iclient_id", sa.String(ID_LEN), nullable=False),
+    sa.Column("redirect_uri", sa.String(URL_LEN), nullable=False),
+    sa.Column("code_verifier", sa.Text(), nullable=True),
+    sa.Column("return_url", sa.String(URL_LEN), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
+)
+
+# The account's state-change webhook: where to POST, and the HMAC secret (encrypted).
+account_webhooks = sa.Table(
+    "account_webhooks",
+    metadata,
+    sa.Column(
+        "account_id",
+        sa.String(ID_LEN),
+        sa.ForeignKey("accounts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("url", sa.String(URL_LEN), nullable=False),
+    sa.Column("secret", sa.Text(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)

@@ -7,7 +7,17 @@ holds their SHA-256 and never sees, logs or audits the token itself.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+import asyncio
+import time
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Hashable,
+    Iterator,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from relay.errors import ConflictError, NotFoundError, RegistryError
 from relay.registry import db, migrate
-from relay.registry.connections import ConnectionsMixin, InUseError
+from relay.registry.connections import ConnectionsMixin, InUseError, StoredConnection
 from relay.registry.info import AccountInfo, AgentInfo, AuditEvent, SessionInfo
 from relay.registry.models import (
     DESCRIPTION_LEN,
@@ -32,6 +42,7 @@ from relay.registry.models import (
     agents,
     audit_events,
 )
+from relay.registry.oauth import OAuthMixin
 from relay.registry.secrets import SecretBox
 from relay.registry.tokens import (
     ACCOUNT_PREFIX,
@@ -150,7 +161,130 @@ _AGENT_COLUMNS = (
 )
 
 
-class Registry(ConnectionsMixin):
+# -- read cache -------------------------------------------------------------------
+#
+# The HTTP API asks for the same two rows on every request: the account behind an
+# API token and the connection being called. ``_ReadCache`` keeps positive answers in
+# memory, with this invalidation:
+# - in this process, immediately: every write transaction (``Registry._write``, which
+#   every registry write goes through, of any ``Registry`` object) and every
+#   data-changing statement seen on a registry engine outdates every cached entry
+#   (one process-wide generation counter); while a write transaction is open
+#   nothing is cached, so a read racing a commit is never kept;
+# - made by another process (another relay, an ``onprem-relay`` CLI command), after
+#   at most ``READ_CACHE_TTL_S``: the age of an entry.
+READ_CACHE_TTL_S = 1.0
+_READ_CACHE_MAX = 4096
+# Statements that change data or schema (anything else: SELECT, BEGIN, PRAGMA...).
+_WRITE_VERBS = frozenset(
+    {"INSERT", "UPDATE", "DELETE", "REPLACE", "UPSERT", "MERGE", "CREATE", "DROP", "ALTER"}
+    | {"TRUNCATE", "COPY", "WITH"}
+)
+
+
+class _Freshness:
+    """Process-wide: bumped by every write, so one counter outdates every cache."""
+
+    generation = 0
+    writing = 0
+
+    @classmethod
+    def bump(cls) -> None:
+        cls.generation += 1
+
+
+def _on_statement(
+    conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool
+) -> None:
+    # Writes that bypass ``Registry._write`` (raw connections, future code) still
+    # outdate the caches.
+    verb = statement.lstrip()[:8].split(None, 1)
+    if verb and verb[0].upper() in _WRITE_VERBS:
+        _Freshness.bump()
+
+
+class _ReadCache:
+    """Positive results of hot reads, each valid until the next write in this
+    process or for ``ttl`` seconds, whichever comes first. Values must be immutable
+    (frozen dataclasses). Concurrent misses for one key share one database read, as
+    long as no write came in between."""
+
+    def __init__(self, ttl: float = READ_CACHE_TTL_S, max_entries: int = _READ_CACHE_MAX) -> None:
+        self.ttl = ttl
+        self._max = max_entries
+        self._entries: dict[Hashable, tuple[float, int, Any]] = {}
+        self._flights: dict[Hashable, tuple[int, asyncio.Future[Any]]] = {}
+
+    def get(self, key: Hashable) -> Any:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, generation, value = entry
+        if generation != _Freshness.generation or expires <= time.monotonic():
+            del self._entries[key]
+            return None
+        return value
+
+    def put(self, key: Hashable, value: Any, generation: int) -> None:
+        """Keep ``value`` (read at ``generation``) unless a write started or
+        happened since. None is never kept."""
+        if (
+            value is None
+            or self.ttl <= 0
+            or _Freshness.writing
+            or generation != _Freshness.generation
+        ):
+            return
+        entries = self._entries
+        if key not in entries and len(entries) >= self._max:
+            # Outdated entries first; if none, the oldest.
+            current = _Freshness.generation
+            stale = [k for k, e in entries.items() if e[1] != current]
+            for k in stale or [next(iter(entries))]:
+                del entries[k]
+        entries[key] = (time.monotonic() + self.ttl, generation, value)
+
+    async def fetch(self, key: Hashable, load: Callable[[], Awaitable[Any]]) -> Any:
+        """The cached value, else what ``load()`` returns (kept if not None)."""
+        while True:
+            value = self.get(key)
+            if value is not None:
+                return value
+            generation = _Freshness.generation
+            flight = self._flights.get(key)
+            if flight is None or flight[0] != generation:
+                break
+            # Someone is reading this key since the last write: wait for that read.
+            try:
+                return await asyncio.shield(flight[1])
+            except asyncio.CancelledError:
+                if not flight[1].cancelled():
+                    raise  # we were cancelled ourselves
+                # The reader was cancelled: read again.
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._flights[key] = (generation, future)
+        try:
+            value = await load()
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # waiters get it; never "never retrieved"
+            raise
+        else:
+            future.set_result(value)
+            self.put(key, value, generation)
+            return value
+        finally:
+            if self._flights.get(key, (None, None))[1] is future:
+                del self._flights[key]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class Registry(ConnectionsMixin, OAuthMixin):
     """Async access to the registry database. Open with ``await Registry.open(url)``."""
 
     def __init__(
@@ -169,6 +303,9 @@ class Registry(ConnectionsMixin):
         self._stale_after = (
             timedelta(seconds=stale_session_after_s) if stale_session_after_s else None
         )
+        self._cache = _ReadCache()
+        if not sa.event.contains(engine.sync_engine, "after_cursor_execute", _on_statement):
+            sa.event.listen(engine.sync_engine, "after_cursor_execute", _on_statement)
 
     @classmethod
     async def open(
@@ -227,8 +364,16 @@ class Registry(ConnectionsMixin):
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write_engine.begin() as conn:
-            yield conn
+        # Outdate every cached read at the start and again once the transaction has
+        # ended (committed or not), and cache nothing in between (see _ReadCache).
+        _Freshness.writing += 1
+        _Freshness.bump()
+        try:
+            async with self._write_engine.begin() as conn:
+                yield conn
+        finally:
+            _Freshness.writing -= 1
+            _Freshness.bump()
 
     # -- schema ------------------------------------------------------------------
 
@@ -310,15 +455,39 @@ class Registry(ConnectionsMixin):
             return [_account_from_row(r) for r in rows]
 
     async def authenticate_api_token(self, token: str) -> AccountInfo | None:
+        """The account whose API token this is, else None. Answers from memory for
+        a token seen within ``READ_CACHE_TTL_S`` (see ``_ReadCache`` for when a
+        change is seen); failures are never cached."""
         presented = hash_token(token)
-        async with self._read() as conn:
-            row = (
-                await conn.execute(accounts.select().where(accounts.c.api_token_hash == presented))
-            ).first()
-        stored = row.api_token_hash if row is not None else DUMMY_HASH
-        if not hashes_equal(stored, presented) or row is None:
-            return None
-        return _account_from_row(row)
+
+        async def load() -> AccountInfo | None:
+            async with self._read() as conn:
+                row = (
+                    await conn.execute(
+                        accounts.select().where(accounts.c.api_token_hash == presented)
+                    )
+                ).first()
+            stored = row.api_token_hash if row is not None else DUMMY_HASH
+            if not hashes_equal(stored, presented) or row is None:
+                return None
+            return _account_from_row(row)
+
+        account: AccountInfo | None = await self._cache.fetch(("api_token", presented), load)
+        return account
+
+    # -- connections (the rest is in ConnectionsMixin) ----------------------------
+
+    async def get_connection(
+        self, connection_id: str, account_id: str | None = None
+    ) -> StoredConnection:
+        """``NotFoundError`` if it does not exist or belongs to another account.
+        Answers from memory for a connection read within ``READ_CACHE_TTL_S`` (see
+        ``_ReadCache``); the result is shared: never change its ``spec``."""
+        stored: StoredConnection = await self._cache.fetch(
+            ("connection", connection_id, account_id),
+            lambda: super(Registry, self).get_connection(connection_id, account_id),
+        )
+        return stored
 
     # -- agents ------------------------------------------------------------------
 
@@ -537,6 +706,20 @@ class Registry(ConnectionsMixin):
                 out.update({r.id: r.token_hash for r in rows})
         return out
 
+    async def verify_agent_tokens(self, attempts: Sequence[tuple[str, str]]) -> list[str | None]:
+        """``verify_agent_token`` for many ``(agent_id, token)`` pairs in one query
+        (a relay restart makes thousands of agents log in at once): for each, the
+        stored token hash if the token is the agent's current one, else None. Each
+        comparison costs the same whether or not the agent exists."""
+        hashes = await self.agent_token_hashes({agent_id for agent_id, _ in attempts})
+        out: list[str | None] = []
+        for agent_id, token in attempts:
+            presented = hash_token(token)
+            stored = hashes.get(agent_id)
+            matches = hashes_equal(stored if stored is not None else DUMMY_HASH, presented)
+            out.append(stored if matches and stored is not None else None)
+        return out
+
     # -- presence ----------------------------------------------------------------
 
     async def session_opened(self, session: SessionInfo) -> None:
@@ -592,6 +775,76 @@ class Registry(ConnectionsMixin):
                     agents.update()
                     .where(agents.c.id.in_(sa.select(agent_sessions.c.agent_id).where(mine)))
                     .values(last_seen=now)
+                )
+
+    async def sessions_opened(self, sessions: Sequence[SessionInfo]) -> list[str]:
+        """``session_opened`` for many sessions in one transaction. Sessions of agents
+        deleted meanwhile are not recorded: returns their ids. ``ConflictError`` (and
+        nothing recorded) if one of the sessions is already recorded."""
+        if not sessions:
+            return []
+        agent_ids = sorted({s.agent_id for s in sessions})
+        try:
+            async with self._write() as conn:
+                existing: set[str] = set()
+                for chunk in _chunks(agent_ids):
+                    existing.update(
+                        await conn.scalars(sa.select(agents.c.id).where(agents.c.id.in_(chunk)))
+                    )
+                kept = [s for s in sessions if s.agent_id in existing]
+                if kept:
+                    await conn.execute(
+                        agent_sessions.insert(),
+                        [
+                            {
+                                "id": s.id,
+                                "agent_id": s.agent_id,
+                                "node_id": s.node_id,
+                                "remote_addr": _clip(s.remote_addr),
+                                "client_version": _clip(s.client_version),
+                                "hostname": _clip(s.hostname),
+                                "connected_at": s.connected_at,
+                                "last_seen": s.last_seen,
+                            }
+                            for s in kept
+                        ],
+                    )
+                    latest = {s.agent_id: s for s in kept}  # the last one of each agent
+                    await conn.execute(
+                        agents.update()
+                        .where(agents.c.id == sa.bindparam("b_id"))
+                        .values(last_seen=sa.bindparam("b_seen"), version=sa.bindparam("b_ver")),
+                        [
+                            {
+                                "b_id": s.agent_id,
+                                "b_seen": s.last_seen,
+                                "b_ver": _clip(s.client_version),
+                            }
+                            for s in latest.values()
+                        ],
+                    )
+        except IntegrityError:
+            raise ConflictError("a session in this batch is already recorded") from None
+        return [s.id for s in sessions if s.agent_id not in existing]
+
+    async def sessions_closed(self, session_ids: Collection[str]) -> None:
+        """``session_closed`` for many sessions in one transaction."""
+        ids = sorted(set(session_ids))
+        if not ids:
+            return
+        now = _now()
+        async with self._write() as conn:
+            for chunk in _chunks(ids):
+                owners = set(
+                    await conn.scalars(
+                        sa.select(agent_sessions.c.agent_id).where(agent_sessions.c.id.in_(chunk))
+                    )
+                )
+                if not owners:
+                    continue
+                await conn.execute(agent_sessions.delete().where(agent_sessions.c.id.in_(chunk)))
+                await conn.execute(
+                    agents.update().where(agents.c.id.in_(sorted(owners))).values(last_seen=now)
                 )
 
     async def clear_node_sessions(self, node_id: str) -> None:

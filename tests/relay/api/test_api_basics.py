@@ -117,5 +117,6 @@ async def test_public_routes(env: Env) -> None:
     assert ready.json["checks"] == {"database": "ok", "ssh": "ok"}
     doc = (await env.anon.get("/v1/openapi.json")).json
     assert doc["openapi"].startswith("3.1")
-    # The callback of the OAuth flow will need no token either (not routed yet).
-    assert (await env.anon.get("/oauth2/callback")).status == 404
+    # The OAuth callback needs no token either: its state is the credential.
+    callback = await env.anon.get("/oauth2/callback")
+    assert callback.status != 401 and callback.headers["Content-Type"].startswith("text/html")

@@ -72,7 +72,18 @@ async def test_verify_false_saves_without_test(env: Env) -> None:
 
 
 async def test_oauth2_connection_needs_authorization(env: Env) -> None:
-    spec = http_spec(auth={"type": "oauth2", "oauth2": {"iclient_id": "icl_abc"}})
+    iclient = await env.a.post(
+        "/v1/iclients",
+        {
+            "name": "acme",
+            "client_id": "id",
+            "authorization_url": "https://auth.example.com/authorize",
+            "token_url": "https://auth.example.com/token",
+            "valid_domains": ["api.example.com"],
+        },
+    )
+    assert iclient.status == 201, iclient.text
+    spec = http_spec(auth={"type": "oauth2", "oauth2": {"iclient_id": iclient.json["id"]}})
     r = await env.a.post("/v1/connections", spec)
     assert r.status == 201, r.text
     assert r.json["state"] == "needs_authorization"

@@ -33,6 +33,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from relay.api.openapi import EXAMPLES
+
 MAX_EXAMPLES = int(os.environ.get("ONPREM_FUZZ_EXAMPLES", "15"))
 CHECKS = [
     not_a_server_error,
@@ -125,13 +127,24 @@ def _fuzz(schema_url: str, token: str, known: dict[str, str]) -> Outcome:
 async def test_fuzz_every_operation_from_openapi(env: Env) -> None:
     agent = (await env.a.post("/v1/agents", {"name": "fuzz-gw"})).json
     con = (await env.a.post("/v1/connections", http_spec("fuzz"))).json
-    known = {"agent_id": agent["id"], "connection_id": con["id"], "path": "x"}
+    iclient = (await env.a.post("/v1/iclients", EXAMPLES["IClientIn"])).json
+    known = {
+        "agent_id": agent["id"],
+        "connection_id": con["id"],
+        "iclient_id": iclient["id"],
+        "path": "x",
+    }
     assert env.a.token is not None
     out = await asyncio.to_thread(_fuzz, f"{env.base}/v1/openapi.json", env.a.token, known)
     assert not out.failures, "\n\n".join(out.failures[:5])
     # Every operation but DELETE (random ids only) reached its handler's success path.
     labels = {label for label, _ in out.statuses}
     succeeded = {label for label, status in out.statuses if status < 300}
-    missing = {x for x in labels - succeeded if not x.startswith("DELETE ")}
+    # The OAuth redirects need a live provider and a fresh state: the OAuth tests
+    # (tests/relay/api/test_api_oauth_*.py) drive them.
+    needs_provider = {"GET /v1/connections/{connection_id}/authorize", "GET /oauth2/callback"}
+    missing = {
+        x for x in labels - succeeded if not x.startswith("DELETE ") and x not in needs_provider
+    }
     assert not missing, missing
     assert len(labels) >= 20

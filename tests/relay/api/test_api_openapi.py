@@ -73,7 +73,7 @@ def test_refs_resolve_and_security() -> None:
     assert schemas
     assert doc["openapi"] == "3.1.0"
     assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
-    public = {"/healthz", "/readyz", "/metrics", "/v1/openapi.json"}
+    public = {"/healthz", "/readyz", "/metrics", "/v1/openapi.json", "/oauth2/callback"}
     for path, item in doc["paths"].items():
         for method, op in item.items():
             if method not in METHODS:
