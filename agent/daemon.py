@@ -23,6 +23,7 @@ from agent.health import start_health
 from agent.metrics import AgentMetrics
 from agent.transport import RelayLink, open_link
 from agent.tunnel import AgentStream, StreamStats
+from shared.splice import coalesce_writes
 from shared.version import __version__
 
 log = structlog.get_logger("agent.daemon")
@@ -42,6 +43,9 @@ class _PinnedHostKey(asyncssh.SSHClient):
     def __init__(self, fingerprint: str) -> None:
         self._fingerprint = fingerprint
         self.seen: str | None = None
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        coalesce_writes(conn)
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: Any) -> bool:
         self.seen = key.get_fingerprint("sha256")

@@ -18,9 +18,13 @@ from agent.allowlist import Allowlist
 from agent.audit import AuditLog
 from agent.metrics import AgentMetrics
 from shared.socks5 import Reply, Socks5Error, Socks5Server
-from shared.splice import Pipe, ProtocolSession, contained, link
+from shared.splice import Pipe, ProtocolSession, contained, flush_writes, link
 
 log = structlog.get_logger("agent.tunnel")
+
+# Payload that arrives while dialing is kept for the target; past this much, stop
+# reading the channel until the target is connected (the relay's flow control).
+_MAX_EARLY = 256 * 1024
 
 
 @dataclass
@@ -120,6 +124,7 @@ class AgentStream(ProtocolSession):
         self._pipe = Pipe()  # the channel side of the splice
         self._remote: Pipe | None = None
         self._dial: asyncio.Task[None] | None = None
+        self._eof_while_dialing = False
         self._started = time.monotonic()
         self._result = "error"
         self._counted = False
@@ -146,6 +151,8 @@ class AgentStream(ProtocolSession):
             return
         if self._dial is not None:  # payload before our reply: keep it for the target
             self._socks.leftover += data
+            if len(self._socks.leftover) >= _MAX_EARLY and self.chan is not None:
+                self.chan.pause_reading()  # resumed once spliced
             return
         try:
             request = self._socks.receive_data(data)
@@ -187,15 +194,23 @@ class AgentStream(ProtocolSession):
         self._remote = remote
         self._result = "ok"
         self.chan.write(self._socks.reply(Reply.SUCCEEDED))
+        flush_writes(self.chan)  # from a task: nothing else would send it before next round
         assert self._target is not None
         self.attach(self._pipe, (host, port))
         if self._socks.leftover:
             self._pipe.data_received(self._socks.leftover)
+        if self._eof_while_dialing:
+            self._pipe.eof_received()  # kept until linked, like the payload
         link(self._pipe, remote)
 
     @contained
     def eof_received(self) -> bool:
         if self.protocol is None:
+            if self._dial is not None and not self._dial.done():
+                # The relay sent its request, maybe payload, and EOF before our
+                # reply (a client that half-closes at once): forward it after dialing.
+                self._eof_while_dialing = True
+                return True
             return False
         return super().eof_received()
 

@@ -73,6 +73,10 @@ def _reply_error(code: int, agent_id: str, host: str, port: int) -> StreamError:
     return cls(text)
 
 
+# The software part of our agent's SSH version banner (``agent.daemon.client_version``).
+AGENT_SOFTWARE_PREFIX = "onprem-agent_"
+
+
 def new_session_id() -> str:
     return "ses_" + secrets.token_hex(10)
 
@@ -94,6 +98,12 @@ class AgentSession:
     created_monotonic: float = field(default_factory=time.monotonic)
     streams: int = 0
 
+    @property
+    def keeps_early_data(self) -> bool:
+        """Our agent keeps stream bytes that arrive before its SOCKS reply (RFC 1928
+        does not allow them; a stock OpenSSH client is not counted on for it)."""
+        return self.client_version.startswith(AGENT_SOFTWARE_PREFIX)
+
     def close(self, reason: str) -> None:
         log.info("session_dropped", agent_id=self.agent_id, session_id=self.id, reason=reason)
         self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, reason)
@@ -110,6 +120,7 @@ class _StreamChannel(ProtocolSession):
         port: int,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         opened: asyncio.Future[tuple[ChannelTransport, asyncio.BaseProtocol]],
+        early_data: Callable[[], bytes] | None = None,
     ) -> None:
         super().__init__()
         self._hub = hub
@@ -119,6 +130,11 @@ class _StreamChannel(ProtocolSession):
         self._factory = protocol_factory
         self._opened = opened
         self._socks = Socks5Client(host, port)
+        # Early mode: the caller's protocol gets the stream as soon as the channel is
+        # open; the SOCKS reply is still read (and stripped) before any stream byte.
+        self._early_data = early_data
+        self._awaiting_reply = True
+        self._error: StreamError | None = None
         self._counted = True
         session.streams += 1
         hub._stream_started()
@@ -137,36 +153,65 @@ class _StreamChannel(ProtocolSession):
 
     def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
         super().connection_made(chan)
-        chan.write(self._socks.initial_bytes())
+        if self._early_data is None:
+            chan.write(self._socks.initial_bytes())
+            return
+        # The SOCKS request and what the client has sent so far, in one packet; the
+        # agent keeps payload that arrives while it dials.
+        chan.write(self._socks.initial_bytes() + self._early_data())
+        if self._opened.done():  # the caller gave up meanwhile
+            chan.close()
+            return
+        protocol = self._factory()
+        transport = self.attach(protocol, (self._host, self._port))
+        self._opened.set_result((transport, protocol))
+
+    def _setup_failed(self, exc: StreamError) -> None:
+        if not self._opened.done():
+            self._fail(exc)
+            return
+        # Early mode: the caller has the stream already; it learns why it closes
+        # from connection_lost.
+        self._error = exc
+        if self.chan is not None:
+            self.chan.close()
 
     @contained
     def data_received(self, data: bytes, datatype: int | None) -> None:
-        if self.protocol is not None:
+        if not self._awaiting_reply:
             self.deliver(data)
             return
         try:
             code = self._socks.receive_data(data)
         except Socks5Error as exc:
-            self._fail(AgentProtocolError(f"agent {self._session.agent_id} sent bad SOCKS: {exc}"))
+            self._setup_failed(
+                AgentProtocolError(f"agent {self._session.agent_id} sent bad SOCKS: {exc}")
+            )
             return
         if code is None:
             return
+        self._awaiting_reply = False
         if code != Reply.SUCCEEDED:
-            self._fail(_reply_error(int(code), self._session.agent_id, self._host, self._port))
+            self._setup_failed(
+                _reply_error(int(code), self._session.agent_id, self._host, self._port)
+            )
             return
-        if self._opened.done():  # the caller gave up (timeout, cancel) meanwhile
-            self._fail(StreamTimeoutError("abandoned"))
-            return
-        protocol = self._factory()
-        transport = self.attach(protocol, (self._host, self._port))
-        self._opened.set_result((transport, protocol))
+        if self.protocol is None:
+            if self._opened.done():  # the caller gave up (timeout, cancel) meanwhile
+                self._fail(StreamTimeoutError("abandoned"))
+                return
+            protocol = self._factory()
+            transport = self.attach(protocol, (self._host, self._port))
+            self._opened.set_result((transport, protocol))
         if self._socks.leftover:
             self.deliver(self._socks.leftover)
 
     @contained
     def eof_received(self) -> bool:
-        if self.protocol is None:
-            self._fail(AgentProtocolError(f"agent {self._session.agent_id} closed the stream"))
+        if self._awaiting_reply:
+            self._setup_failed(
+                AgentProtocolError(f"agent {self._session.agent_id} closed the stream")
+            )
             return False
         return super().eof_received()
 
@@ -178,7 +223,11 @@ class _StreamChannel(ProtocolSession):
                 AgentOfflineError(f"agent {self._session.agent_id} closed the stream during setup")
             )
             return
-        super().connection_lost(exc)
+        if self._awaiting_reply and self._error is None:
+            self._error = AgentOfflineError(
+                f"agent {self._session.agent_id} closed the stream during setup"
+            )
+        super().connection_lost(exc if exc is not None else self._error)
 
 
 class AgentHub:
@@ -292,17 +341,28 @@ class AgentHub:
         *,
         origin: str = "",
         timeout: float | None = None,
+        early_data: Callable[[], bytes] | None = None,
     ) -> tuple[ChannelTransport, P]:
         """Like ``loop.create_connection``, through the agent. Raises a ``StreamError``
-        subclass saying why it failed (offline, not allowed, refused, timeout...)."""
+        subclass saying why it failed (offline, not allowed, refused, timeout...).
+
+        ``early_data``: for a caller that has bytes waiting (a TCP client that spoke
+        first) and needs no typed error. When the session is our own agent, which
+        keeps payload that arrives while it dials, the stream is handed over as soon
+        as the channel is open, one round trip earlier, and ``early_data()`` goes out
+        with the SOCKS request in one packet; a refused target then closes the stream
+        (the protocol's ``connection_lost`` gets the ``StreamError``). Other clients
+        (a stock OpenSSH) get the usual SOCKS exchange first and ``early_data`` is
+        not called."""
         started = time.monotonic()
         deadline = started + (self.open_timeout if timeout is None else timeout)
         tried: set[AgentSession] = set()
         while True:
             session = self._pick(agent_id, tried)
+            early = early_data if early_data is not None and session.keeps_early_data else None
             try:
                 transport, protocol = await self._open_on(
-                    session, host, port, protocol_factory, origin, deadline
+                    session, host, port, protocol_factory, origin, deadline, early
                 )
             except AgentOfflineError:
                 # That session died under us; another replica may still be alive.
@@ -345,6 +405,7 @@ class AgentHub:
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         origin: str,
         deadline: float,
+        early_data: Callable[[], bytes] | None = None,
     ) -> tuple[ChannelTransport, asyncio.BaseProtocol]:
         loop = asyncio.get_running_loop()
         retry_until = session.created_monotonic + _STARTUP_RETRY_WINDOW
@@ -362,7 +423,14 @@ class AgentHub:
                 async with asyncio.timeout(remaining):
                     chan, _ = await session.conn.create_connection(
                         functools.partial(
-                            _StreamChannel, self, session, host, port, protocol_factory, opened
+                            _StreamChannel,
+                            self,
+                            session,
+                            host,
+                            port,
+                            protocol_factory,
+                            opened,
+                            early_data,
                         ),
                         session.listen_host,
                         session.listen_port,

@@ -4,6 +4,7 @@ end-to-end tests: ``local_forwards`` in relay.yaml, off by default)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 
@@ -15,11 +16,32 @@ from shared.splice import Pipe, link
 log = structlog.get_logger("relay.localfwd")
 
 
+def _remote_side(agent_id: str) -> Callable[[], Pipe]:
+    class _RemoteSide(Pipe):
+        """The stream's end; says why when the agent refused a stream that was handed
+        over early (see ``AgentHub.open_connection``)."""
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if isinstance(exc, StreamError):
+                log.info("local_forward_failed", agent_id=agent_id, error=exc.code)
+            super().connection_lost(exc)
+
+    return _RemoteSide
+
+
 class _LocalSide(Pipe):
-    def __init__(self, hub: AgentHub, agent_id: str, host: str, port: int) -> None:
+    def __init__(
+        self,
+        hub: AgentHub,
+        agent_id: str,
+        host: str,
+        port: int,
+        remote_factory: Callable[[], Pipe] = Pipe,
+    ) -> None:
         super().__init__()
         self._hub, self._agent_id, self._host, self._port = hub, agent_id, host, port
         self._task: asyncio.Task[None] | None = None
+        self._remote_factory = remote_factory
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -29,7 +51,12 @@ class _LocalSide(Pipe):
         assert self.transport is not None
         try:
             _, remote = await self._hub.open_connection(
-                self._agent_id, self._host, self._port, Pipe, origin="local-forward"
+                self._agent_id,
+                self._host,
+                self._port,
+                self._remote_factory,
+                origin="local-forward",
+                early_data=self.take_early,
             )
         except StreamError as exc:
             log.info("local_forward_failed", agent_id=self._agent_id, error=exc.code)
@@ -53,6 +80,10 @@ async def start_local_forward(
     lhost, lport = parse_host_port(listen)
     thost, tport = parse_host_port(target)
     loop = asyncio.get_running_loop()
+    remote_factory = _remote_side(agent_id)
     return await loop.create_server(
-        lambda: _LocalSide(hub, agent_id, thost, tport), lhost, lport, backlog=1024
+        lambda: _LocalSide(hub, agent_id, thost, tport, remote_factory),
+        lhost,
+        lport,
+        backlog=1024,
     )

@@ -19,8 +19,10 @@ from typing import Any
 import asyncssh
 import structlog
 
+from relay.errors import ConflictError
 from relay.hub import AgentHub, AgentSession
 from relay.registry import Registry, SessionInfo
+from shared.splice import coalesce_writes
 from shared.version import is_outdated
 
 log = structlog.get_logger("relay.sshd")
@@ -117,6 +119,7 @@ class _AgentConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        coalesce_writes(conn)
         if not self._fixed_source:
             peer = conn.get_extra_info("peername")
             self._source = str(peer[0]) if peer else "?"
@@ -149,7 +152,7 @@ class _AgentConnection(asyncssh.SSHServer):
         return False
 
     async def validate_password(self, username: str, password: str) -> bool:
-        token_hash = await self._ep.registry.verify_agent_token(username, password)
+        token_hash = await self._ep.token_checks.verify(username, password)
         if token_hash is None:
             self._ep.throttle.failed(self._source)
             self._ep.hub.metrics.auth_failures.inc()
@@ -207,7 +210,7 @@ class _AgentConnection(asyncssh.SSHServer):
                 version=software,
                 minimum=self._ep.min_agent_version,
             )
-        self._ep.spawn(self._ep.registry.session_opened(self._ep.session_info(session)))
+        self._ep.presence.opened(self._ep.session_info(session))
         return VirtualListener(session.listen_port)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -219,7 +222,113 @@ class _AgentConnection(asyncssh.SSHServer):
                 session_id=session.id,
                 reason=str(exc) if exc else "closed",
             )
-            self._ep.spawn(self._ep.registry.session_closed(session.id))
+            if not self._ep.closing:
+                # While stopping, clear_node_sessions forgets them all in one statement.
+                self._ep.presence.closed(session.id)
+
+
+class _TokenChecks:
+    """Password checks of concurrent logins in one registry query: after a relay
+    restart thousands of agents log in at once, and a query each costs the event
+    loop more than the key exchange. A batch goes out when the loop gets to it; the
+    next one takes every login that queued meanwhile."""
+
+    def __init__(self, registry: Registry, max_batch: int = 1000) -> None:
+        self._registry = registry
+        self._max = max_batch
+        self._queue: list[tuple[str, str, asyncio.Future[str | None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def verify(self, agent_id: str, token: str) -> str | None:
+        """What ``Registry.verify_agent_token`` answers."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str | None] = loop.create_future()
+        self._queue.append((agent_id, token, future))
+        if self._task is None:
+            self._task = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                await asyncio.sleep(0)  # logins handled in this loop iteration join
+                batch, self._queue = self._queue[: self._max], self._queue[self._max :]
+                try:
+                    results = await self._registry.verify_agent_tokens(
+                        [(agent_id, token) for agent_id, token, _ in batch]
+                    )
+                except Exception as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, _, future), result in zip(batch, results, strict=True):
+                    if not future.done():  # the login may have been given up
+                        future.set_result(result)
+        finally:
+            self._task = None
+
+
+class _Presence:
+    """Writes sessions opened and closed to the registry in batches, one transaction
+    per batch, at most every ``delay`` seconds (``agents`` then shows a new session
+    that much later)."""
+
+    def __init__(self, endpoint: SSHEndpoint, delay: float = 0.05) -> None:
+        self._ep = endpoint
+        self._delay = delay
+        self._opened: list[SessionInfo] = []
+        self._closed: list[str] = []
+        self._running = False
+
+    def opened(self, info: SessionInfo) -> None:
+        self._opened.append(info)
+        self._kick()
+
+    def closed(self, session_id: str) -> None:
+        self._closed.append(session_id)
+        self._kick()
+
+    def _kick(self) -> None:
+        if not self._running:
+            self._running = True
+            self._ep.spawn(self._drain())
+
+    async def _write_opened(self, opened: list[SessionInfo]) -> None:
+        registry = self._ep.registry
+        try:
+            gone = await registry.sessions_opened(opened)
+        except ConflictError:
+            # One of them is recorded already (nothing of the batch was): the others
+            # one by one.
+            for info in opened:
+                try:
+                    await registry.session_opened(info)
+                except Exception as exc:
+                    log.error("registry_write_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        except Exception as exc:
+            log.error("registry_write_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        for session_id in gone:
+            log.warning("session_not_recorded", session_id=session_id, reason="agent deleted")
+
+    async def _drain(self) -> None:
+        registry = self._ep.registry
+        try:
+            while self._opened or self._closed:
+                await asyncio.sleep(self._delay)
+                opened, self._opened = self._opened, []
+                closed, self._closed = self._closed, []
+                if opened:
+                    await self._write_opened(opened)
+                if closed:
+                    try:
+                        await registry.sessions_closed(closed)
+                    except Exception as exc:
+                        log.error("registry_write_failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._running = False
 
 
 class SSHEndpoint:
@@ -255,9 +364,15 @@ class SSHEndpoint:
         self.presence_interval = presence_interval
         self.min_agent_version = min_agent_version
         self._server: asyncssh.SSHAcceptor | None = None
+        self.token_checks = _TokenChecks(registry)
+        self.presence = _Presence(self)
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

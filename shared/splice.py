@@ -14,8 +14,9 @@ start_tls swaps the transport's protocol for an ``SSLProtocol``, which is a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import asyncssh
@@ -59,6 +60,10 @@ class ChannelTransport(asyncio.Transport):
         self.closing = False
         self._reading = True
         self._protocol: asyncio.BaseProtocol | None = None
+        info = getattr(chan, "get_extra_info", None)  # (test doubles may lack it)
+        transport = getattr(info("connection") if info else None, "_transport", None)
+        # Flushed after each write: the channel's packets leave at once, together.
+        self._coalescer = transport if isinstance(transport, CoalescingTransport) else None
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
@@ -82,7 +87,11 @@ class ChannelTransport(asyncio.Transport):
     def close(self) -> None:
         if not self.closing:
             self.closing = True
-            self._chan.close()
+            if self._coalescer is None:
+                self._chan.close()
+            else:
+                with self._coalescer.holding():
+                    self._chan.close()
 
     def abort(self) -> None:
         self.close()
@@ -93,20 +102,34 @@ class ChannelTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self.closing and data:
+            coalescer = self._coalescer
+            if coalescer is not None:
+                coalescer.holds += 1
             try:
                 self._chan.write(data if isinstance(data, bytes) else bytes(data))
             except OSError:  # the channel closed under us (BrokenPipeError)
                 self.close()
+            finally:
+                if coalescer is not None:
+                    coalescer.holds -= 1
+                    coalescer.flush()
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
 
     def write_eof(self) -> None:
         if not self.closing:
+            coalescer = self._coalescer
+            if coalescer is not None:
+                coalescer.holds += 1
             try:
                 self._chan.write_eof()
             except OSError:
                 self.close()
+            finally:
+                if coalescer is not None:
+                    coalescer.holds -= 1
+                    coalescer.flush()
 
     def can_write_eof(self) -> bool:
         return True
@@ -211,6 +234,12 @@ class Pipe(asyncio.Protocol):
         if peer is not None and peer.transport is not None:
             peer.transport.resume_reading()
 
+    def take_early(self) -> bytes:
+        """Hand over what arrived before linking (it is then not sent at ``link``);
+        reading stays paused until then."""
+        early, self._early = self._early, []
+        return early[0] if len(early) == 1 else b"".join(early)
+
     def flush_early(self) -> None:
         """Send what arrived before linking, and start reading again."""
         assert self.peer is not None and self.peer.transport is not None
@@ -302,3 +331,129 @@ class ProtocolSession(asyncssh.SSHTCPSession[bytes]):
     def resume_writing(self) -> None:
         if self.protocol is not None:
             self.protocol.resume_writing()
+
+
+class CoalescingTransport:
+    """Wraps the asyncio transport under an SSH connection so that the packets one
+    callback writes leave in one ``send()``.
+
+    asyncssh writes each SSH packet, and the ``MSG_IGNORE`` it sends before each one,
+    with its own ``transport.write``: two system calls per channel write. Here writes
+    are queued and ``flush()`` joins them. Whoever produced them flushes when its
+    callback ends (``coalesce_writes`` wraps the connection's ``data_received``;
+    ``ChannelTransport`` flushes after each write); anything else (timers, tasks)
+    leaves at the start of the next loop iteration, by a ``call_soon`` scheduled with
+    the first queued write. Nothing waits longer than that: a later flush would batch
+    more, but every hop of a request would wait an extra loop iteration (measured:
+    slower). ``close``, ``abort`` and ``write_eof`` flush first (a ``MSG_DISCONNECT``
+    written just before an abort still leaves). Everything else is delegated;
+    ``get_write_buffer_size`` counts the queued bytes too."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._scheduled = False
+        # >0 while a caller that flushes when it is done is writing: no need for the
+        # call_soon fallback (it would cost an extra loop iteration per write).
+        self.holds = 0
+
+    @property
+    def wrapped(self) -> asyncio.Transport:
+        return self._transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        self._queue.append(bytes(data) if not isinstance(data, bytes) else data)
+        self._queued += len(data)
+        if not self._scheduled and not self.holds:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_soon)
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Writes inside leave together when the block ends."""
+        self.holds += 1
+        try:
+            yield
+        finally:
+            self.holds -= 1
+            self.flush()
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def _flush_soon(self) -> None:
+        self._scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
+        queue = self._queue
+        if not queue:
+            return
+        self._queue = []
+        self._queued = 0
+        data = queue[0] if len(queue) == 1 else b"".join(queue)
+        try:  # noqa: SIM105 (cheaper than contextlib.suppress on this path)
+            self._transport.write(data)
+        except (ConnectionError, RuntimeError):
+            # What asyncssh itself ignores on a direct write (the peer is gone), and
+            # writing after close/write_eof: the connection is ending anyway.
+            pass
+
+    def get_write_buffer_size(self) -> int:
+        return self._queued + self._transport.get_write_buffer_size()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self.flush()
+        self._transport.abort()
+
+
+def coalesce_writes(conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection) -> bool:
+    """Put a ``CoalescingTransport`` under ``conn`` and flush it after each chunk the
+    connection receives (call it from the connection's ``connection_made`` hook).
+    asyncssh keeps its transport in ``_transport`` (2.24; ``tests/relay/
+    test_perf_tunnel.py`` pins that). Returns False when there is nothing to wrap."""
+    transport = getattr(conn, "_transport", None)
+    if transport is None or isinstance(transport, CoalescingTransport):
+        return False
+    coalescer = CoalescingTransport(transport)
+    conn._transport = coalescer  # type: ignore[assignment]
+    received = conn.data_received
+
+    def data_received(data: bytes, datatype: int | None = None) -> None:
+        # The asyncio transport calls the protocol's data_received attribute: the
+        # packets written while processing this chunk leave together at its end.
+        coalescer.holds += 1
+        try:
+            received(data, datatype)
+        finally:
+            coalescer.holds -= 1
+            coalescer.flush()
+
+    conn.data_received = data_received  # type: ignore[method-assign]
+    return True
+
+
+def flush_writes(chan: asyncssh.SSHTCPChannel[bytes] | None) -> None:
+    """Send what the channel's connection has queued (see ``CoalescingTransport``)."""
+    if chan is None:
+        return
+    conn = chan.get_extra_info("connection")
+    transport = getattr(conn, "_transport", None)
+    if isinstance(transport, CoalescingTransport):
+        transport.flush()

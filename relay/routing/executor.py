@@ -341,7 +341,9 @@ class HttpExecutor:
             raise err from None
         elapsed = loop.time() - started
         self._observe(ctx, str(result.status), elapsed)
-        ctx.log.info(
+        # The relay's access log line (api_request) already says status and time:
+        # a plain success is a debug line here, a retried one stays at info.
+        (ctx.log.info if attempts > 1 else ctx.log.debug)(
             "request_done",
             method=req.method,
             status=result.status,
@@ -452,7 +454,7 @@ class HttpExecutor:
             raise err from None
         assert resp is not None
         status = resp.status
-        ctx.log.info("proxy_started", method=method, status=status)
+        ctx.log.debug("proxy_started", method=method, status=status)
         count_in = self.metrics.bytes_total.labels(direction="in").inc
 
         async def on_release(complete: bool) -> None:
@@ -460,7 +462,10 @@ class HttpExecutor:
             await stack.aclose()
             elapsed = loop.time() - started
             self._observe(ctx, str(status) if complete else "aborted", elapsed)
-            ctx.log.info("proxy_done", status=status, complete=complete, ms=round(elapsed * 1000))
+            # Success is in the access log line (api_request); a cut stream is news.
+            (ctx.log.debug if complete else ctx.log.info)(
+                "proxy_done", status=status, complete=complete, ms=round(elapsed * 1000)
+            )
 
         return ProxyResponse(
             status=status,

@@ -53,6 +53,10 @@ class Lease:
 class _Entry:
     fingerprint: str
     session: aiohttp.ClientSession
+    # The settings object last seen with this fingerprint: the registry hands out
+    # the same object until the connection changes, so an identical object needs no
+    # new fingerprint (a JSON dump and a SHA-256 per request otherwise).
+    spec: ConnectionIn | None = None
     users: int = 0
     last_used: float = field(default_factory=time.monotonic)
     retired: bool = False
@@ -68,6 +72,9 @@ class SessionPool:
         self._entries: dict[str, _Entry] = {}
         self._retired: list[_Entry] = []
         self._closed = False
+        # Sweeping walks every entry: do it at most this often, not per request.
+        self._sweep_every = min(1.0, idle_s / 10)
+        self._next_sweep = 0.0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -77,17 +84,20 @@ class SessionPool:
         for an unsaved one (``connection_id`` None)."""
         if self._closed:
             raise RuntimeError("the executor is closed")
-        await self.sweep()
+        if time.monotonic() >= self._next_sweep:
+            await self.sweep()
         if connection_id is None:
             return Lease(self._factory(spec), None, self)
-        fp = transport_fingerprint(spec)
         entry = self._entries.get(connection_id)
-        if entry is None or entry.fingerprint != fp:
-            if entry is not None:
-                entry.retired = True
-                self._retired.append(entry)
-            entry = _Entry(fp, self._factory(spec))
-            self._entries[connection_id] = entry
+        if entry is None or entry.spec is not spec:
+            fp = transport_fingerprint(spec)
+            if entry is None or entry.fingerprint != fp:
+                if entry is not None:
+                    entry.retired = True
+                    self._retired.append(entry)
+                entry = _Entry(fp, self._factory(spec))
+                self._entries[connection_id] = entry
+            entry.spec = spec
         entry.users += 1
         entry.last_used = time.monotonic()
         return Lease(entry.session, entry, self)
@@ -106,6 +116,7 @@ class SessionPool:
     async def sweep(self) -> None:
         """Close the sessions of connections unused for ``idle_s``."""
         now = time.monotonic()
+        self._next_sweep = now + self._sweep_every
         stale = [
             (cid, e)
             for cid, e in self._entries.items()
