@@ -8,33 +8,20 @@ query string included, and a token may sit in the query (token location ``url``)
 from __future__ import annotations
 
 import ssl
-from typing import TypeVar
+from typing import TypeVar, get_args
 
 import aiohttp
 
 from relay.errors import AgentProtocolError, StreamError, UpstreamError
+from relay.models.connection import ErrorCode
 from relay.routing.outgoing import InvalidRequestError
 from relay.routing.ssrf import BlockedDestinationError
 from relay.routing.tls import TlsConfigError
 
 E = TypeVar("E", bound=BaseException)
 
-# Codes a TestResult can carry (relay.models.connection.ErrorCode).
-TEST_CODES = frozenset(
-    {
-        "agent_offline",
-        "target_not_allowed",
-        "target_unreachable",
-        "connection_refused",
-        "tls_error",
-        "timeout",
-        "auth_failed",
-        "needs_authorization",
-        "ping_failed",
-        "rate_limited",
-        "blocked_destination",
-    }
-)
+# Codes a TestResult can carry: the design's list, from the API model.
+TEST_CODES = frozenset(get_args(ErrorCode))
 
 HTTP_STATUS = {
     "agent_offline": 503,

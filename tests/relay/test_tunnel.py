@@ -9,6 +9,7 @@ import hashlib
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
@@ -86,9 +87,10 @@ async def test_refused_and_unresolvable_targets(relay: Relay, start_agent) -> No
         await relay.hub.open_stream(relay.agent_id, "no-such-host.invalid", 80)
 
 
-async def test_hanging_target_times_out_and_leaks_nothing(relay: Relay, start_agent) -> None:
-    # A listener that never accepts, with its backlog full: further SYNs are dropped,
-    # so the agent's dial hangs until its dial timeout.
+@contextlib.contextmanager
+def hanging_target() -> Iterator[int]:
+    """A port whose listener never accepts and whose backlog is full: further SYNs are
+    dropped, so a dial to it hangs until the dialer's timeout."""
     hang = socket.socket()
     hang.bind(("127.0.0.1", 0))
     hang.listen(0)
@@ -100,9 +102,18 @@ async def test_hanging_target_times_out_and_leaks_nothing(relay: Relay, start_ag
         with contextlib.suppress(BlockingIOError):
             c.connect(("127.0.0.1", port))
         fillers.append(c)
-    agent, _ = await start_agent([f"127.0.0.1:{port}"], dial_timeout_s=0.3)
-    tasks_before = len(asyncio.all_tasks())
     try:
+        yield port
+    finally:
+        for c in fillers:
+            c.close()
+        hang.close()
+
+
+async def test_hanging_target_times_out_and_leaks_nothing(relay: Relay, start_agent) -> None:
+    with hanging_target() as port:
+        agent, _ = await start_agent([f"127.0.0.1:{port}"], dial_timeout_s=0.3)
+        tasks_before = len(asyncio.all_tasks())
         for _ in range(3):
             with pytest.raises(StreamTimeoutError):
                 await relay.hub.open_stream(relay.agent_id, "127.0.0.1", port)
@@ -113,36 +124,17 @@ async def test_hanging_target_times_out_and_leaks_nothing(relay: Relay, start_ag
         assert agent.stats.open == 0
         assert agent.stats.total.get("timed_out") == 3
         assert len(asyncio.all_tasks()) <= tasks_before
-    finally:
-        for c in fillers:
-            c.close()
-        hang.close()
 
 
 async def test_relay_side_timeout_closes_the_channel(relay: Relay, start_agent) -> None:
-    hang = socket.socket()
-    hang.bind(("127.0.0.1", 0))
-    hang.listen(0)
-    port = hang.getsockname()[1]
-    fillers = []
-    for _ in range(3):
-        c = socket.socket()
-        c.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            c.connect(("127.0.0.1", port))
-        fillers.append(c)
-    agent, _ = await start_agent([f"127.0.0.1:{port}"], dial_timeout_s=30)
-    try:
+    with hanging_target() as port:
+        agent, _ = await start_agent([f"127.0.0.1:{port}"], dial_timeout_s=30)
         with pytest.raises(StreamTimeoutError):
             await relay.hub.open_stream(relay.agent_id, "127.0.0.1", port, timeout=0.3)
         async with asyncio.timeout(TIMEOUT):
             await agent.stats.idle.wait()
             await relay.hub.wait_idle()
         assert relay.hub.streams_open == 0
-    finally:
-        for c in fillers:
-            c.close()
-        hang.close()
 
 
 async def test_offline_agent(relay: Relay) -> None:
