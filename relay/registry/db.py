@@ -8,6 +8,8 @@ at once with "database is locked" instead of waiting.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,24 @@ def create_engine(
     return engine
 
 
+def _enable_wal(cur: Any, busy_timeout_s: float) -> None:
+    """``PRAGMA journal_mode = WAL`` needs an exclusive lock on a fresh file, and SQLite
+    answers "database is locked" at once there instead of honouring busy_timeout when
+    several processes open the same new database together: retry within that bound.
+    The sleeps are short and happen only in that race, when a connection opens."""
+    deadline = time.monotonic() + busy_timeout_s
+    delay = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
 def _setup_sqlite(engine: AsyncEngine, busy_timeout_s: float) -> None:
     busy_ms = int(busy_timeout_s * 1000)
 
@@ -97,7 +117,7 @@ def _setup_sqlite(engine: AsyncEngine, busy_timeout_s: float) -> None:
         cur = dbapi_conn.cursor()
         try:
             cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            cur.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(cur, busy_timeout_s)
             cur.execute("PRAGMA synchronous = NORMAL")
             cur.execute("PRAGMA foreign_keys = ON")
         finally:
