@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import io
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from tunnel_env import TIMEOUT, Relay, agent_config
 
 from agent.daemon import Agent
@@ -16,6 +19,7 @@ from relay.hub import AgentHub
 from relay.keys import fingerprint, load_or_create_host_key
 from relay.registry import Registry
 from relay.sshd import SSHEndpoint
+from shared.logging import configure_logging
 
 
 @pytest.fixture
@@ -86,3 +90,25 @@ async def echo_server() -> AsyncIterator[tuple[int, list[int]]]:
     yield server.sockets[0].getsockname()[1], accepted
     server.close()
     await server.wait_closed()
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """Every log line (debug and up, JSON) into a buffer; the global setup restored."""
+    root = logging.getLogger()
+    saved_handlers = list(root.handlers)
+    saved_level = root.level
+    saved_asyncssh = logging.getLogger("asyncssh").level
+    stream = io.StringIO()
+    configure_logging("debug", "json", stream)
+    try:
+        yield stream
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in saved_handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(saved_level)
+        logging.getLogger("asyncssh").setLevel(saved_asyncssh)
+        structlog.reset_defaults()
+        structlog.contextvars.clear_contextvars()

@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import logging
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,25 +33,9 @@ assert len(OAT) == len(OAK) == 47
 
 
 @pytest.fixture
-def out() -> Iterator[io.StringIO]:
-    """configure_logging into a buffer; undo the global logging setup afterwards."""
-    root = logging.getLogger()
-    saved_handlers = list(root.handlers)
-    saved_level = root.level
-    saved_asyncssh = logging.getLogger("asyncssh").level
-    stream = io.StringIO()
-    configure_logging("debug", "json", stream)
-    try:
-        yield stream
-    finally:
-        for handler in root.handlers[:]:
-            if handler not in saved_handlers:
-                root.removeHandler(handler)
-                handler.close()
-        root.setLevel(saved_level)
-        logging.getLogger("asyncssh").setLevel(saved_asyncssh)
-        structlog.reset_defaults()
-        structlog.contextvars.clear_contextvars()
+def out(log_stream: io.StringIO) -> io.StringIO:
+    """configure_logging into a buffer (tests/conftest.py restores the global setup)."""
+    return log_stream
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:

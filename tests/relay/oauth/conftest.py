@@ -4,18 +4,15 @@ session, a token client, and iClients pointing at the server."""
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
-import structlog
 from oauth_authlib_server import AuthServer
 
 from relay.models.iclient import IClientIn
 from relay.oauth.client import TokenClient
-from shared.logging import configure_logging
 
 CLIENT_ID = "relay-client"
 CLIENT_SECRET = "relay-secret-value"
@@ -62,22 +59,6 @@ def make_iclient(auth_server: AuthServer) -> Callable[..., IClientIn]:
 
 
 @pytest.fixture
-def log_capture() -> Iterator[io.StringIO]:
-    """Every log line (debug and up, JSON) into a buffer; the global setup restored."""
-    root = logging.getLogger()
-    saved_handlers = list(root.handlers)
-    saved_level = root.level
-    saved_asyncssh = logging.getLogger("asyncssh").level
-    stream = io.StringIO()
-    configure_logging("debug", "json", stream)
-    try:
-        yield stream
-    finally:
-        for handler in root.handlers[:]:
-            if handler not in saved_handlers:
-                root.removeHandler(handler)
-                handler.close()
-        root.setLevel(saved_level)
-        logging.getLogger("asyncssh").setLevel(saved_asyncssh)
-        structlog.reset_defaults()
-        structlog.contextvars.clear_contextvars()
+def log_capture(log_stream: io.StringIO) -> io.StringIO:
+    """Every log line (debug and up, JSON) into a buffer (tests/conftest.py)."""
+    return log_stream
