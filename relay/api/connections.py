@@ -171,7 +171,7 @@ async def _uses_authorization_code(
     return iclient.spec.grant_type == "authorization_code"
 
 
-def _oauth_changed(old: ConnectionIn, new: ConnectionIn) -> bool:
+def oauth_changed(old: ConnectionIn, new: ConnectionIn) -> bool:
     """The connection's OAuth setup changed: tokens got for the old one are void."""
     was, now = old.http.auth, new.http.auth
     return was.type == "oauth2" and (now.type != "oauth2" or was.oauth2 != now.oauth2)
@@ -225,7 +225,7 @@ async def patch_connection(request: web.Request) -> web.Response:
     await _forget(request, connection_id)
     service = request.app.get(OAUTH)
     if service is not None:
-        if _oauth_changed(stored.spec, spec):
+        if oauth_changed(stored.spec, spec):
             await service.manager.discard(connection_id)
         await service.states.changed(
             StateUpdate(connection_id, account.id, stored.state, state, reason)

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from relay.api.errors import ApiError, read_json_model
+from relay.api.connections import merged_spec, oauth_changed
+from relay.api.errors import ApiError, invalid_field, read_json, read_json_model
 from relay.api.keys import EXECUTOR, REGISTRY, account_of, request_id_of
 from relay.errors import UpstreamError
 from relay.models.connection import ConnectionIn, RequestIn
@@ -44,10 +45,30 @@ async def test_unsaved(request: web.Request) -> web.Response:
 
 
 async def test_stored(request: web.Request) -> web.Response:
-    """POST /v1/connections/{id}/test: tests, and records the outcome as the state."""
+    """POST /v1/connections/{id}/test: tests, and records the outcome as the state.
+
+    With a body (a JSON merge patch, as for PATCH: ``"********"`` or a left-out secret
+    keeps the stored one), tests the saved settings with those changes and records
+    nothing: Test connection on an edit form before Save."""
     account = account_of(request)
     executor = _executor(request)
-    stored = await request.app[REGISTRY].get_connection(request.match_info["id"], account.id)
+    registry = request.app[REGISTRY]
+    stored = await registry.get_connection(request.match_info["id"], account.id)
+    if request.can_read_body:
+        patch = await read_json(request)
+        if not isinstance(patch, dict):
+            raise invalid_field("body", "must be a JSON object (a JSON merge patch)")
+        spec = merged_spec(stored, patch)
+        await registry.check_connection_refs(account.id, spec, stored.id)
+        # The stored tokens belong to the saved OAuth settings only.
+        same_oauth = not oauth_changed(stored.spec, spec)
+        result = await executor.test(
+            account.id,
+            spec,
+            connection_id=stored.id if same_oauth else None,
+            request_id=request_id_of(request),
+        )
+        return web.json_response(result.model_dump(mode="json"))
     result = await executor.test(
         account.id, stored.spec, connection_id=stored.id, request_id=request_id_of(request)
     )

@@ -154,6 +154,7 @@ def _op(
     params: list[dict[str, Any]] | None = None,
     public: bool = False,
     passthrough: bool = False,
+    body_required: bool = True,
 ) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": op_id, "summary": summary, "tags": tags}
     if passthrough:
@@ -170,7 +171,7 @@ def _op(
         name = example or (body if isinstance(body, str) else None)
         if name is not None:
             media["example"] = EXAMPLES[name]
-        op["requestBody"] = {"required": True, "content": {t: media for t in body_types}}
+        op["requestBody"] = {"required": body_required, "content": {t: media for t in body_types}}
     # A passthrough answer may be anything the upstream says (a 401 in HTML, say).
     if not public and not passthrough:
         responses = {**_errors(401), **responses}
@@ -380,9 +381,18 @@ def _paths() -> dict[str, Any]:
             "parameters": [_CONNECTION_ID],
             "post": _op(
                 "testConnection",
-                "Test connection, for a saved connection (updates its state)",
-                {**_ok(200, "The test result (ok or not)", "TestResult"), **_errors(404, 503)},
+                "Test connection, for a saved connection (updates its state); with a body "
+                "(a JSON merge patch), tests the saved settings with those changes and "
+                "records nothing",
+                {
+                    **_ok(200, "The test result (ok or not)", "TestResult"),
+                    **_errors(400, 404, 503),
+                },
                 tags=conns,
+                body=merge_patch,
+                example="ConnectionPatch",
+                body_types=("application/merge-patch+json", "application/json"),
+                body_required=False,
             ),
         },
         "/v1/connections/{connection_id}/request": {

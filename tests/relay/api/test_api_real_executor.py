@@ -169,3 +169,46 @@ async def test_onpremise_connection_through_a_real_agent(
             await agent.stop()
             async with asyncio.timeout(TIMEOUT):
                 await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_testing_unsaved_changes_of_a_saved_connection(
+    real_env: Env, upstream: tuple[int, list[web.Request]]
+) -> None:
+    """Test connection on an edit form: the body is a merge patch over the saved
+    settings (the mask keeps the stored password), and nothing is recorded."""
+    port, _ = upstream
+    env = real_env
+    r = await env.a.post("/v1/connections", spec(port))
+    assert r.status == 201, r.text
+    cid, tested_at = r.json["id"], r.json["last_tested_at"]
+
+    # Only the ping changes; the stored password is kept through the mask.
+    r = await env.a.post(
+        f"/v1/connections/{cid}/test",
+        {
+            "http": {
+                "ping": {"relative_uri": "/nowhere"},
+                "auth": {"basic": {"password": "********"}},
+            }
+        },
+    )
+    assert r.status == 200 and r.json["ok"] is False and r.json["status"] == 404, r.text
+    r = await env.a.post(
+        f"/v1/connections/{cid}/test", {"http": {"ping": {"relative_uri": "/orders"}}}
+    )
+    assert r.status == 200 and r.json["ok"] is True, r.text
+    r = await env.a.post(
+        f"/v1/connections/{cid}/test", {"http": {"auth": {"basic": {"password": "wrong"}}}}
+    )
+    assert r.json["ok"] is False and r.json["error"]["code"] == "auth_failed"
+
+    # Nothing was saved or recorded by those tests.
+    r = await env.a.get(f"/v1/connections/{cid}")
+    assert r.json["http"]["ping"]["relative_uri"] == "/health"
+    assert r.json["state"] == "online" and r.json["last_tested_at"] == tested_at
+
+    # A bad patch is a 400 naming the field, as for PATCH.
+    r = await env.a.post(f"/v1/connections/{cid}/test", {"http": {"base_uri": "ftp://x"}})
+    assert r.status == 400 and r.json["error"]["details"][0]["field"] == "http.base_uri"
+    r = await env.a.post(f"/v1/connections/{cid}/test", [1, 2])
+    assert r.status == 400
