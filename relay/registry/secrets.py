@@ -3,9 +3,12 @@ Fernet key kept in ``secrets_key_file``."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from relay.errors import RegistryError
 from relay.keys import create_private_file
@@ -21,6 +24,14 @@ class SecretBox:
 
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
+        self._key = key
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A Fernet key for another use (``purpose`` names it), derived from this key
+        with HKDF-SHA256: stable across restarts and relay processes sharing the
+        secrets key, and useless for decrypting stored secrets."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode())
+        return base64.urlsafe_b64encode(hkdf.derive(base64.urlsafe_b64decode(self._key)))
 
     @classmethod
     def generate_key(cls) -> bytes:
