@@ -21,7 +21,7 @@ help:
 	@echo "make test         system-deps + install, then lint and pytest (PYTEST_ARGS=... passed on)"
 	@echo "make install      create $(VENV) (Python 3.11+) and pip install -e '.[dev]' (alias: venv)"
 	@echo "make system-deps  apt-get install what is missing of openssh-client iproute2 procps"
-	@echo "                  curl nginx tinyproxy (the tests start their own instances)"
+	@echo "                  curl nginx tinyproxy systemd chromium (the tests start their own)"
 	@echo "make lint         ruff check, ruff format --check, mypy"
 	@echo "make clean        remove caches, build output and .demo/ (distclean: also $(VENV))"
 

@@ -24,6 +24,8 @@ class LogConfig(StrictModel):
 class HttpConfig(StrictModel):
     listen: str = "0.0.0.0:8080"
     public_url: str = "http://localhost:8080"
+    # The web console at /console/ (sign-in with an API token).
+    console: bool = True
 
     @field_validator("listen")
     @classmethod

@@ -14,6 +14,8 @@ from relay.api.app import make_app
 from relay.api.oauth import install_oauth
 from relay.cli import STALE_PRESENCE_INTERVALS
 from relay.config import RelayConfig
+from relay.console.client import loopback_base
+from relay.console.web import setup_console
 from relay.hub import AgentHub
 from relay.keys import fingerprint, load_or_create_host_key
 from relay.localfwd import start_local_forward
@@ -104,6 +106,9 @@ async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> No
             reping_interval_s=DEFAULT_REPING_INTERVAL_S,
         )
         install_oauth(app, oauth)
+        console = None
+        if config.http.console:
+            console = setup_console(app, secrets.derive_key("onprem-console-session"))
         # Agents in networks that allow only HTTPS out reach SSH through /v1/tunnel.
         setup_tunnel_route(app, endpoint)
         # The app closes the executor and stops its re-test loop on cleanup.
@@ -115,6 +120,8 @@ async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> No
         bound_http = http_port
         if isinstance(site._server, asyncio.Server) and site._server.sockets:
             bound_http = site._server.sockets[0].getsockname()[1]
+        if console is not None:
+            console.base_url = loopback_base(http_host, bound_http)
 
         forwards = []
         forward_ports = []

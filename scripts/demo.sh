@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEMO_DIR=${ONPREM_DEMO_DIR:-$ROOT/.demo}
 ONLINE_TIMEOUT_S=${ONPREM_DEMO_TIMEOUT_S:-20}
-STEPS=13
+STEPS=14
 
 if [ -x "$ROOT/.venv/bin/python" ]; then
     PY=$ROOT/.venv/bin/python
@@ -296,6 +296,11 @@ say "GET /v1/connections/$CONNECTION_ID/proxy/hello.json: the same, streamed"
 out=$(api GET "/v1/connections/$CONNECTION_ID/proxy/hello.json") || { echo "$out"; die "proxy failed"; }
 echo "$out" | sed 's/^/      /'
 grep -q "hello from inside the firewall" <<<"$out" || die "unexpected response through the proxy"
+
+say "GET /console/sign-in: the web console over the same API"
+page=$(curl -fsS "$API/console/sign-in") || die "the web console did not answer"
+grep -q "Sign in with your account's API token" <<<"$page" || die "unexpected console page"
+echo "      open $API/console/ while a relay runs and sign in with the account's API token"
 
 echo "demo: OK: the relay reached the on-prem service through agent $AGENT_ID"
 # The agent writes its audit line when the stream closes, just after curl returns.

@@ -13,6 +13,7 @@ NEEDED=(
     "nginx:nginx"          # TLS in front of the relay's WebSocket tunnel (agent tests)
     "tinyproxy:tinyproxy"  # HTTP CONNECT proxy with Basic auth (agent tests)
     "systemd-analyze:systemd"  # systemd-analyze verify on the units (packaging tests)
+    "chromium:chromium"    # the web console's browser tests (Playwright drives it)
 )
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }

@@ -112,3 +112,9 @@ def log_stream() -> Iterator[io.StringIO]:
         logging.getLogger("asyncssh").setLevel(saved_asyncssh)
         structlog.reset_defaults()
         structlog.contextvars.clear_contextvars()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests last: Playwright's sync API keeps its own event loop for the rest
+    of the session, and pytest-asyncio's tests cannot run after it starts."""
+    items.sort(key=lambda item: "page" in getattr(item, "fixturenames", ()))
