@@ -121,7 +121,7 @@ async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> No
         if isinstance(site._server, asyncio.Server) and site._server.sockets:
             bound_http = site._server.sockets[0].getsockname()[1]
         if console is not None:
-            console.base_url = loopback_base(http_host, bound_http)
+            console.api.base_url = loopback_base(http_host, bound_http)
 
         forwards = []
         forward_ports = []
@@ -139,6 +139,14 @@ async def serve(config: RelayConfig, *, stop: asyncio.Event | None = None) -> No
             host_key=fingerprint(host_key),
             node_id=config.node_id,
         )
+        if console is not None and not await registry.list_accounts():
+            # First run: whoever starts the relay reads this and opens the link.
+            code = console.first_run.start()
+            log.warning(
+                "console_setup",
+                message="no account yet: open setup_url to create the first one",
+                setup_url=f"{config.http.public_url.rstrip('/')}/console/setup/{code}",
+            )
         await stop.wait()
         log.info("relay_stopping", streams_open=hub.streams_open)
         endpoint.stop_accepting()

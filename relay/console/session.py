@@ -8,6 +8,7 @@ ends every session signed in with it (each page calls the API with it)."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import secrets
@@ -88,3 +89,19 @@ def csrf_ok(session: Session | None, presented: object) -> bool:
     if session is None or not isinstance(presented, str) or not presented:
         return False
     return hmac.compare_digest(session.csrf.encode(), presented.encode())
+
+
+class FirstRun:
+    """The setup code of this relay process, while it has one."""
+
+    def __init__(self) -> None:
+        self.code: str | None = None
+        self.lock = asyncio.Lock()
+
+    def start(self) -> str:
+        self.code = secrets.token_urlsafe(24)
+        return self.code
+
+    def matches(self, presented: str) -> bool:
+        code = self.code
+        return code is not None and hmac.compare_digest(code.encode(), presented.encode())

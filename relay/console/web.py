@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -27,6 +27,7 @@ from relay.console.client import ApiAnswer, ApiClient
 from relay.console.session import (
     CSRF_FIELD,
     CSRF_HEADER,
+    FirstRun,
     Session,
     SessionCodec,
     csrf_ok,
@@ -37,6 +38,7 @@ log = structlog.get_logger("relay.console")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PREFIX = "/console"
+STATIC_PREFIX = PREFIX + "/static/"
 HERE = Path(__file__).resolve().parent
 SESSION = web.RequestKey("console_session", Session)
 # A form's fields, read once by the CSRF check and again by the handler.
@@ -47,6 +49,7 @@ FORM = web.RequestKey("console_form", dict)
 class Console:
     codec: SessionCodec
     api: ApiClient
+    first_run: FirstRun = field(default_factory=FirstRun)
 
 
 CONSOLE = web.AppKey("console", Console)
@@ -188,6 +191,12 @@ def safe_next(raw: str | None) -> str:
 
 @web.middleware
 async def console_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith(STATIC_PREFIX):
+        # Versioned URLs (see _static_urls): cached for good, no session involved.
+        asset = await handler(request)
+        asset.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        asset.headers["X-Content-Type-Options"] = "nosniff"
+        return asset
     console = console_of(request)
     loaded = console.codec.load(request)
     session = loaded or Session.fresh()
@@ -298,21 +307,23 @@ def _static_urls() -> Callable[[str], str]:
     }
 
     def static(name: str) -> str:
-        return f"{PREFIX}/static/{name}?v={versions[name]}"
+        return f"{STATIC_PREFIX}{name}?v={versions[name]}"
 
     return static
 
 
-def setup_console(app: web.Application, session_key: bytes) -> ApiClient:
+def setup_console(app: web.Application, session_key: bytes) -> Console:
     """Mount the console at ``/console/``. ``session_key``: the Fernet key of the
-    session cookie. The returned client needs its ``base_url`` once HTTP listens."""
-    from relay.console import agents, connections, iclients
+    session cookie. The returned console's ``api`` needs its ``base_url`` once HTTP
+    listens; ``first_run.start()`` opens the first-run setup page."""
+    from relay.console import agents, connections, iclients, setup
 
     config = app[CONFIG]
     secure = urlsplit(config.http.public_url).scheme == "https"
     client = ApiClient()
     sub = web.Application(middlewares=[console_middleware])
-    sub[CONSOLE] = Console(codec=SessionCodec(session_key, secure=secure), api=client)
+    console = Console(codec=SessionCodec(session_key, secure=secure), api=client)
+    sub[CONSOLE] = console
     env = aiohttp_jinja2.setup(
         sub,
         loader=jinja2.FileSystemLoader(str(HERE / "templates")),
@@ -328,6 +339,7 @@ def setup_console(app: web.Application, session_key: bytes) -> ApiClient:
     agents.setup_routes(sub)
     iclients.setup_routes(sub)
     connections.setup_routes(sub)
+    setup.setup_routes(sub)
 
     async def close_client(_: web.Application) -> None:
         await client.close()
@@ -335,4 +347,4 @@ def setup_console(app: web.Application, session_key: bytes) -> ApiClient:
     sub.on_cleanup.append(close_client)
     app.router.add_get(PREFIX, to_console)
     app.add_subapp(PREFIX + "/", sub)
-    return client
+    return console

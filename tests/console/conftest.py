@@ -50,17 +50,30 @@ def _timeouts(request: pytest.FixtureRequest) -> None:
         expect.set_options(timeout=UI_TIMEOUT_MS)
 
 
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[ConsoleRelay]:
-    with run_relay(tmp_path / "relay") as running:
-        yield running
-    # No page may have hidden a server error behind a friendly message.
+def _no_hidden_errors(relay: ConsoleRelay) -> None:
+    """No page may have hidden a server error behind a friendly message."""
     errors = [
         line
-        for line in running.log_text().splitlines()
+        for line in relay.log_text().splitlines()
         if "internal_error" in line or "Traceback" in line
     ]
     assert not errors, "\n".join(errors)[-4000:]
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[ConsoleRelay]:
+    """A relay with one account, acme (its API token in ``relay.api_token``)."""
+    with run_relay(tmp_path / "relay") as running:
+        yield running
+    _no_hidden_errors(running)
+
+
+@pytest.fixture
+def empty_relay(tmp_path: Path) -> Iterator[ConsoleRelay]:
+    """A relay as it first starts: no account yet."""
+    with run_relay(tmp_path / "relay", account=False) as running:
+        yield running
+    _no_hidden_errors(running)
 
 
 @pytest.fixture

@@ -101,6 +101,17 @@ class ConsoleRelay:
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
+    def setup_url(self) -> str:
+        """The first-run link the relay logs when it has no account."""
+
+        def find() -> str | None:
+            for line in self.log_text().splitlines():
+                if '"console_setup"' in line:
+                    return str(json.loads(line)["setup_url"])
+            return None
+
+        return eventually(find, "the console_setup line in the relay's log")
+
 
 def _ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> bool | None:
     if proc.poll() is not None:
@@ -113,8 +124,9 @@ def _ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> bool | None:
 
 
 @contextmanager
-def run_relay(directory: Path, **env: str) -> Iterator[ConsoleRelay]:
-    """``onprem-relay init`` + ``accounts create acme`` + ``serve`` on loopback ports."""
+def run_relay(directory: Path, *, account: bool = True, **env: str) -> Iterator[ConsoleRelay]:
+    """``onprem-relay init`` + ``accounts create acme`` (unless ``account`` is false:
+    a relay as it first starts) + ``serve`` on loopback ports."""
     directory.mkdir(parents=True, exist_ok=True)
     http_port, ssh_port = free_port(), free_port()
     url = f"http://127.0.0.1:{http_port}"
@@ -138,14 +150,16 @@ def run_relay(directory: Path, **env: str) -> Iterator[ConsoleRelay]:
         capture_output=True,
         timeout=STARTUP_TIMEOUT,
     )
-    created = subprocess.run(
-        [relay_bin, "accounts", "create", "acme", "--json"],
-        env=environment,
-        check=True,
-        capture_output=True,
-        timeout=STARTUP_TIMEOUT,
-    )
-    api_token = json.loads(created.stdout)["api_token"]
+    api_token = ""
+    if account:
+        created = subprocess.run(
+            [relay_bin, "accounts", "create", "acme", "--json"],
+            env=environment,
+            check=True,
+            capture_output=True,
+            timeout=STARTUP_TIMEOUT,
+        )
+        api_token = json.loads(created.stdout)["api_token"]
     log = directory / "relay.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(

@@ -236,6 +236,10 @@ def test_onprem_connection_test_save_and_errors(
 
 
 def test_forms_refuse_posts_without_the_csrf_token(page: Page, relay: ConsoleRelay) -> None:
+    # A relay with an account offers no first-run setup, whatever the code.
+    assert "console_setup" not in relay.log_text()
+    answer = page.request.get(relay.url + "/console/setup/guess")
+    assert answer.status == 404 and "This setup link does not work" in answer.text()
     sign_in(page, relay)
     # The browser's own cookie goes along (same context), the token does not.
     for form in ({"name": "sneaky"}, {"name": "sneaky", "csrf_token": "forged"}):
@@ -259,12 +263,29 @@ def provider() -> Iterator[str]:
 
 
 @pytest.mark.filterwarnings("ignore::authlib.deprecate.AuthlibDeprecationWarning")
-def test_save_and_authorize_round_trip(
-    page: Page, relay: ConsoleRelay, provider: str, tmp_path: Path
+def test_from_an_empty_relay_to_an_onprem_oauth_connection(
+    page: Page, empty_relay: ConsoleRelay, provider: str, tmp_path: Path
 ) -> None:
     """From an empty relay to an on-premise OAuth 2.0 connection that tests green, all
-    in the browser: agent, iClient, connection, the provider's consent, back online."""
-    sign_in(page, relay)
+    in the browser but starting the relay (whose log shows the first-run link):
+    account, agent, iClient, connection, Save & authorize at the provider, online."""
+    relay = empty_relay
+    setup_url = relay.setup_url()
+    page.goto(relay.url + "/console/")
+    expect(page).to_have_url(re.compile(r"/console/sign-in"))
+    page.goto(setup_url)
+    assert_labelled(page)
+    page.get_by_label("Account name").fill("acme")
+    page.get_by_role("button", name="Create account").click()
+    expect(page.get_by_role("heading", name="Account created: acme")).to_be_visible()
+    relay.api_token = page.locator("#api-token").input_value()
+    assert relay.api_token.startswith("oak_")
+    assert relay.api("GET", "/v1/agents") == (200, {"agents": []})
+    # The link works once: now it says so, and changes nothing.
+    page.goto(setup_url)
+    expect(page.get_by_role("heading", name="This setup link does not work")).to_be_visible()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()  # still signed in
+
     token, agent_yaml = create_agent(page, relay, "idp-agent")
     page.get_by_role("link", name="Done").click()
     port = provider.rsplit(":", 1)[1]
