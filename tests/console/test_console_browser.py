@@ -334,3 +334,18 @@ def test_from_an_empty_relay_to_an_onprem_oauth_connection(
         expect(page.locator("#test-result")).to_contain_text("Connection test passed.")
         page.get_by_role("link", name="Close").click()
         expect(page.locator("tr", has_text="Userinfo via agent")).to_contain_text("Online")
+
+
+@pytest.mark.browser_context_args(java_script_enabled=False)
+def test_works_without_javascript(page: Page, relay: ConsoleRelay, service: int) -> None:
+    """Every section is simply shown; the forms still post and answer."""
+    sign_in(page, relay)
+    page.get_by_role("link", name="Create connection").click()
+    expect(page.get_by_label("Agent")).to_be_visible()  # nothing hides it
+    page.get_by_label("Name", exact=True).fill("Cloud health")
+    page.get_by_label("Base URI").fill(f"http://127.0.0.1:{service}")
+    page.get_by_label("Relative URI").fill("/health")
+    page.get_by_role("button", name="Test connection").click()
+    expect(page.locator("#test-result")).to_contain_text("Cloud route, HTTP 200")
+    page.get_by_role("button", name="Save & continue").click()
+    expect(page.get_by_text("The connection was tested and saved.")).to_be_visible()
