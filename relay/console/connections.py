@@ -91,6 +91,19 @@ FIELDS = frozenset(
     }
 )
 
+# Sections shown collapsed unless something in them is set or wrong.
+COLLAPSED_SECTIONS = {
+    "rate_limit": ("http.rate_limit.",),
+    "advanced": (
+        "http.concurrency_level",
+        "http.borrow_concurrency_from",
+        "http.timeout_s",
+        "http.disable_strict_ssl",
+        "http.ca_pem",
+        "http.client_certificate.",
+    ),
+}
+
 # What came back from the provider (the OAuth callback's ``result``), in words.
 AUTHORIZE_RESULTS = {
     "online": ("ok", "Authorized: the connection was tested with its new token and is online."),
@@ -303,9 +316,33 @@ def connection_values(doc: dict[str, Any]) -> dict[str, str]:
     return values
 
 
+def _section_in_use(
+    prefixes: tuple[str, ...],
+    values: dict[str, str],
+    errors: dict[str, str],
+    secrets_stored: dict[str, bool],
+) -> bool:
+    """Whether a collapsed section should open: a value other than the default, an
+    error, or a stored secret in it."""
+    defaults = NEW_VALUES
+    return (
+        any(
+            values.get(name, "") != defaults.get(name, "")
+            for name in FIELDS
+            if name.startswith(prefixes) and name not in SECRETS
+        )
+        or any(name.startswith(prefixes) for name in errors)
+        or any(stored and name.startswith(prefixes) for name, stored in secrets_stored.items())
+    )
+
+
 def form_values(form: dict[str, str]) -> dict[str, str]:
     """What the user typed, to show again (never the secrets)."""
     return {k: v for k, v in form.items() if k in FIELDS and k not in SECRETS}
+
+
+# The form of a new connection: every default of the API document.
+NEW_VALUES = {**connection_values(connection_doc({})[0]), "name": "", "http.base_uri": ""}
 
 
 # -- pages ------------------------------------------------------------------------------
@@ -362,14 +399,20 @@ async def _form_page(
             text = f"{text} ({code}): {stored.get('state_reason') or ''}".rstrip(": ")
         authorized = {"kind": kind, "text": text}
     secrets_stored = {name: get(stored, name) == MASK for name in SECRETS}
+    shown_errors = errors or {}
+    open_sections = {
+        name: _section_in_use(prefixes, values, shown_errors, secrets_stored)
+        for name, prefixes in COLLAPSED_SECTIONS.items()
+    }
     return render(
         request,
         "connections/form.html",
         {
             "values": values,
-            "errors": errors or {},
+            "errors": shown_errors,
             "message": message,
             "stored": stored,
+            "open_sections": open_sections,
             "secrets_stored": secrets_stored,
             "test": test,
             "authorized": authorized,
@@ -398,11 +441,7 @@ async def connections_page(request: web.Request) -> web.Response:
 
 @signed_in
 async def new_connection_page(request: web.Request) -> web.Response:
-    doc, _ = connection_doc({})
-    values = connection_values(doc)
-    values["name"] = ""
-    values["http.base_uri"] = ""
-    return await _form_page(request, values=values, stored=None)
+    return await _form_page(request, values=dict(NEW_VALUES), stored=None)
 
 
 @signed_in

@@ -156,6 +156,7 @@ def api_failure(request: web.Request, answer: ApiAnswer) -> web.Response:
     """A page for an API error that has no form field to sit next to. A token that
     stopped working ends the session."""
     if answer.status == 401:
+        request[SESSION] = Session.fresh()  # the dead token leaves the cookie
         raise redirect("/sign-in", "expired")
     error = answer.error
     titles = {404: "Not found", 409: "Not possible", 503: "Unavailable"}

@@ -158,7 +158,7 @@ def test_onprem_connection_test_save_and_errors(
 ) -> None:
     page.goto(relay.url + "/console/connections")
     page.get_by_role("link", name="Create connection").click()
-    sections = page.locator("legend").all_inner_texts()
+    sections = page.locator("fieldset > legend").all_text_contents()
     assert sections == [
         "General",
         "Application details",
@@ -168,6 +168,10 @@ def test_onprem_connection_test_save_and_errors(
         "Advanced",
     ]
     assert_labelled(page)
+    # The rarely used sections start collapsed; a click (or Enter) opens them.
+    expect(page.get_by_label("Concurrency level")).to_be_hidden()
+    page.locator("summary", has_text="Advanced").click()
+    expect(page.get_by_label("Concurrency level")).to_be_visible()
     fill_onprem_connection(page, service, agent_online)
 
     # Test connection: success, shown on the form, nothing saved.

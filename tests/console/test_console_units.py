@@ -13,7 +13,14 @@ from aiohttp.test_utils import make_mocked_request
 from cryptography.fernet import Fernet, InvalidToken
 
 from relay.console.client import ApiAnswer, loopback_base
-from relay.console.connections import connection_doc, connection_values, split_list
+from relay.console.connections import (
+    COLLAPSED_SECTIONS,
+    NEW_VALUES,
+    _section_in_use,
+    connection_doc,
+    connection_values,
+    split_list,
+)
 from relay.console.session import COOKIE_NAME, Session, SessionCodec, csrf_ok
 from relay.console.web import safe_next
 from relay.models.connection import MASK, ConnectionIn
@@ -239,3 +246,17 @@ def test_oauth2_fields() -> None:
 def test_split_list() -> None:
     assert split_list("a, b,,c\nd") == ["a", "b", "c", "d"]
     assert split_list("") == [] and split_list(None) == []
+
+
+def test_collapsed_sections_open_when_something_in_them_is_set() -> None:
+    def opened(values: dict[str, str], errors: dict[str, str], key_stored: bool = False) -> bool:
+        stored = {"http.client_certificate.key_pem": key_stored}
+        return _section_in_use(COLLAPSED_SECTIONS["advanced"], values, errors, stored)
+
+    assert not opened(dict(NEW_VALUES), {})
+    assert opened({**NEW_VALUES, "http.concurrency_level": "4"}, {})
+    assert opened(dict(NEW_VALUES), {"http.timeout_s": "must be greater than 0"})
+    assert opened(dict(NEW_VALUES), {}, key_stored=True)
+    assert not _section_in_use(
+        COLLAPSED_SECTIONS["rate_limit"], {**NEW_VALUES, "http.concurrency_level": "4"}, {}, {}
+    )
