@@ -10,6 +10,7 @@ an API validation error lands next to the field it names."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from typing import Any
@@ -357,9 +358,11 @@ def _connection_id(request: web.Request) -> str:
 
 async def _choices(request: web.Request, exclude: str | None = None) -> dict[str, Any]:
     """The agents (with their status), iClients and connections the form offers."""
-    agents = await api(request, "GET", "/v1/agents")
-    iclients = await api(request, "GET", "/v1/iclients")
-    connections = await api(request, "GET", "/v1/connections")
+    agents, iclients, connections = await asyncio.gather(
+        api(request, "GET", "/v1/agents"),
+        api(request, "GET", "/v1/iclients"),
+        api(request, "GET", "/v1/connections"),
+    )
     for answer in (agents, iclients, connections):
         if not answer.ok:
             raise _Failed(answer)

@@ -311,6 +311,17 @@ def test_from_an_empty_relay_to_an_onprem_oauth_connection(
         page.get_by_label("Valid domain names").fill("localhost")
         page.get_by_role("button", name="Save").click()
         expect(page.get_by_text("The iClient was saved.")).to_be_visible()
+        # Edit: the secret is never shown; left empty, the stored one is kept.
+        page.get_by_role("link", name="Edit Mock IdP").click()
+        secret = page.get_by_label("Client secret")
+        expect(secret).to_have_value("")
+        expect(secret).to_have_attribute("placeholder", re.compile("stored"))
+        assert "relay-console-secret" not in page.content()
+        page.get_by_label("Scope delimiter").fill(",")
+        page.get_by_role("button", name="Save").click()
+        expect(page.get_by_text("The iClient was saved.")).to_be_visible()
+        [iclient] = relay.api("GET", "/v1/iclients")[1]["iclients"]
+        assert iclient["client_secret"] == "********" and iclient["scope_delimiter"] == ","
 
         page.goto(relay.url + "/console/connections/new")
         page.get_by_label("Name", exact=True).fill("Userinfo via agent")
