@@ -61,12 +61,16 @@ async def create_agent(request: web.Request) -> web.Response:
     form = await form_of(request)
     values = {"name": form.get("name", "").strip(), "description": form.get("description", "")}
     answer = await api(request, "POST", "/v1/agents", json_body=values)
-    if answer.status == 400:
+    if answer.status in (400, 409):
+        # 409: the name is taken in this account; it belongs next to the name.
+        errors = answer.field_errors() if answer.status == 400 else {}
+        if answer.status == 409:
+            errors["name"] = str(answer.error.get("message", "this name is taken"))
         return render(
             request,
             "agents/new.html",
-            {"values": values, "errors": answer.field_errors(), "message": answer.error["message"]},
-            status=400,
+            {"values": values, "errors": errors, "message": None},
+            status=answer.status,
         )
     if not answer.ok:
         return api_failure(request, answer)

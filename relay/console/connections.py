@@ -135,10 +135,10 @@ def _number(form: dict[str, str], name: str, kind: type[int] | type[float]) -> A
 
 
 def split_list(value: str | None) -> list[str]:
-    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (also one per line)."""
+    """One value per line (a value may hold commas); blank lines dropped."""
     if not value:
         return []
-    return [item.strip() for item in re.split(r"[,\n]", value) if item.strip()]
+    return [item.strip() for item in value.splitlines() if item.strip()]
 
 
 def parse_headers(value: str | None, field: str, errors: dict[str, str]) -> list[dict[str, str]]:
@@ -159,12 +159,22 @@ def format_headers(headers: list[dict[str, str]] | None) -> str:
     return "\n".join(f"{h['name']}: {h['value']}" for h in headers or [])
 
 
-def _secret(form: dict[str, str], name: str, stored: dict[str, Any] | None) -> str | None:
+RETYPE = "retype"  # the form field naming secrets to type again (see form_values)
+
+
+def _secret(
+    form: dict[str, str], name: str, stored: dict[str, Any] | None, errors: dict[str, str]
+) -> str | None:
     """A secret input: what was typed; left empty, the stored secret (as the mask the
-    API reads as "keep it") when there is one."""
+    API reads as "keep it") when there is one. A secret typed before the page came
+    back (secrets are never sent back to a page) must be typed again: keeping the
+    stored one instead would save something else than the user typed."""
     typed = form.get(name, "")
     if typed:
         return typed
+    if name in form.get(RETYPE, "").split():
+        errors[name] = "type it again: a typed secret is not sent back to the page"
+        return None
     if stored is not None and get(stored, name) == MASK:
         return MASK
     return None
@@ -185,6 +195,8 @@ def connection_doc(
     """The API document for a submitted form, and the errors found before any API call
     (malformed headers, a ping body that is not JSON). ``stored``: the connection as
     the API shows it, when editing (for the secrets kept)."""
+    # Browsers send textarea lines as CRLF: store what the user sees, LF.
+    form = {k: v.replace("\r\n", "\n") for k, v in form.items()}
     errors: dict[str, str] = {}
     mode = form.get("mode", "cloud")
     auth_type = form.get("http.auth.type", "none")
@@ -195,21 +207,26 @@ def connection_doc(
         "basic": None,
         "token": None,
         "oauth2": None,
-        "fail_status_code": _number(form, "http.auth.fail_status_code", int),
-        "fail_path": _text(form, "http.auth.fail_path"),
-        "fail_values": split_list(form.get("http.auth.fail_values")),
+        "fail_status_code": None,
+        "fail_path": None,
+        "fail_values": [],
     }
+    if auth_type != "none":
+        # Auth errors are detected only with some auth (the fields are hidden else).
+        auth["fail_status_code"] = _number(form, "http.auth.fail_status_code", int)
+        auth["fail_path"] = _text(form, "http.auth.fail_path")
+        auth["fail_values"] = split_list(form.get("http.auth.fail_values"))
     if auth_type == "basic":
         auth["basic"] = {
             "username": form.get("http.auth.basic.username", "").strip(),
-            "password": _secret(form, "http.auth.basic.password", stored),
+            "password": _secret(form, "http.auth.basic.password", stored, errors),
         }
     elif auth_type == "token":
         auth["token"] = {
-            "token": _secret(form, "http.auth.token.token", stored),
+            "token": _secret(form, "http.auth.token.token", stored, errors),
             "location": form.get("http.auth.token.location", "header"),
             "header_name": _text(form, "http.auth.token.header_name") or "Authorization",
-            "scheme": _text(form, "http.auth.token.scheme"),
+            "scheme": form.get("http.auth.token.scheme", "").strip(),  # empty: none
             "param_name": _text(form, "http.auth.token.param_name") or "access_token",
         }
     elif auth_type == "oauth2":
@@ -238,7 +255,7 @@ def connection_doc(
     if cert_pem is not None:
         client_certificate = {
             "cert_pem": cert_pem,
-            "key_pem": _secret(form, "http.client_certificate.key_pem", stored),
+            "key_pem": _secret(form, "http.client_certificate.key_pem", stored, errors),
         }
 
     if mode == "onpremise" and not form.get("agent_id"):
@@ -298,7 +315,7 @@ def connection_values(doc: dict[str, Any]) -> dict[str, str]:
         if name in ("http.headers", "http.auth.oauth2.access_token_headers"):
             values[name] = format_headers(value)
         elif name in LISTS:
-            values[name] = ", ".join(value or [])
+            values[name] = "\n".join(value or [])
         elif name == "http.auth.oauth2.scope":
             values[name] = " ".join(value or [])
         elif name == "http.disable_strict_ssl":
@@ -338,12 +355,38 @@ def _section_in_use(
 
 
 def form_values(form: dict[str, str]) -> dict[str, str]:
-    """What the user typed, to show again (never the secrets)."""
-    return {k: v for k, v in form.items() if k in FIELDS and k not in SECRETS}
+    """What the user typed, to show again. Never the secrets: those typed are named in
+    the ``retype`` field instead, to be typed again before the next save."""
+    values = {k: v for k, v in form.items() if k in FIELDS and k not in SECRETS}
+    retype = [n for n in SECRETS if form.get(n) or n in form.get(RETYPE, "").split()]
+    values[RETYPE] = " ".join(retype)
+    return values
+
+
+def on_fields(errors: dict[str, str]) -> dict[str, str]:
+    """API errors on list items (``http.headers.0.name``) put on their form field."""
+    out: dict[str, str] = {}
+    for name, message in errors.items():
+        field, text = name, message
+        if name not in FIELDS:
+            parent = max((f for f in FIELDS if name.startswith(f + ".")), key=len, default=None)
+            if parent is not None:
+                field, text = parent, f"{name[len(parent) + 1 :]}: {message}"
+        out[field] = f"{out[field]}; {text}" if field in out else text
+    return out
 
 
 # The form of a new connection: every default of the API document.
-NEW_VALUES = {**connection_values(connection_doc({})[0]), "name": "", "http.base_uri": ""}
+NEW_VALUES = {
+    **connection_values(connection_doc({})[0]),
+    "name": "",
+    "http.base_uri": "",
+    # Shown once Token is chosen: the API's defaults.
+    "http.auth.token.header_name": "Authorization",
+    "http.auth.token.scheme": "Bearer",
+    "http.auth.token.param_name": "access_token",
+    RETYPE: "",
+}
 
 
 # -- pages ------------------------------------------------------------------------------
@@ -402,6 +445,11 @@ async def _form_page(
             text = f"{text} ({code}): {stored.get('state_reason') or ''}".rstrip(": ")
         authorized = {"kind": kind, "text": text}
     secrets_stored = {name: get(stored, name) == MASK for name in SECRETS}
+    retype_help = {
+        name: "Type it again before saving: a typed secret is not sent back to the page."
+        for name in values.get(RETYPE, "").split()
+        if name in SECRETS
+    }
     shown_errors = errors or {}
     open_sections = {
         name: _section_in_use(prefixes, values, shown_errors, secrets_stored)
@@ -417,6 +465,7 @@ async def _form_page(
             "stored": stored,
             "open_sections": open_sections,
             "secrets_stored": secrets_stored,
+            "retype_help": retype_help,
             "test": test,
             "authorized": authorized,
             "fields": FIELDS,
@@ -476,6 +525,8 @@ async def _submit(request: web.Request, stored: dict[str, Any] | None) -> web.Re
     action = form.get("action", "save")
     values = form_values(form)
     doc, errors = connection_doc(form, stored)
+    if action == "test" and request.headers.get(FRAGMENT_HEADER) == "test-result":
+        return await _test_fragment(request, doc, errors, stored)
     if errors:
         return await _form_page(
             request,
@@ -518,6 +569,39 @@ async def _submit(request: web.Request, stored: dict[str, Any] | None) -> web.Re
     raise redirect(f"/connections/{saved['id']}", notice)
 
 
+FRAGMENT_HEADER = "X-Console-Fragment"
+
+
+async def _test_fragment(
+    request: web.Request,
+    doc: dict[str, Any],
+    errors: dict[str, str],
+    stored: dict[str, Any] | None,
+) -> web.Response:
+    """Test connection from the page's script: only the result block, so the form
+    (and the secrets typed in it) stays as it is."""
+    answer = None
+    if not errors:
+        path = "/v1/connections/test" if stored is None else f"/v1/connections/{stored['id']}/test"
+        answer = await api(request, "POST", path, json_body=doc)
+        if answer.status == 401:
+            return web.Response(status=401)  # the script reloads: to the sign-in page
+        if not answer.ok:
+            errors = on_fields(answer.field_errors()) or {
+                "": str(answer.error.get("message", "the test could not run"))
+            }
+    return render(
+        request,
+        "connections/test_result.html",
+        {
+            "test": answer.body if answer is not None and answer.ok else None,
+            "errors": errors,
+            "fragment": True,
+        },
+        status=200 if not errors else 400,
+    )
+
+
 async def _refused(
     request: web.Request,
     answer: ApiAnswer,
@@ -530,7 +614,7 @@ async def _refused(
             request,
             values=values,
             stored=stored,
-            errors=answer.field_errors(),
+            errors=on_fields(answer.field_errors()),
             message=str(answer.error.get("message", "")),
             status=answer.status,
         )

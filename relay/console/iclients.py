@@ -115,12 +115,12 @@ def iclient_doc(form: dict[str, str], stored: dict[str, Any] | None) -> dict[str
     location = _choice(form, "token_location", TOKEN_LOCATIONS)
     doc["token_location"] = location
     header_name = form.get("header_name", "").strip()
-    if not header_name and location != "header":
+    if not header_name:  # the help says: default Authorization
         header_name = str(stored.get("header_name") or _DEFAULT_HEADER_NAME)
     doc["header_name"] = header_name
     doc["header_scheme"] = form.get("header_scheme", "").strip()
     param_name = form.get("param_name", "").strip()
-    if not param_name and location == "header":
+    if not param_name:  # the help says: default access_token
         param_name = str(stored.get("param_name") or _DEFAULT_PARAM_NAME)
     doc["param_name"] = param_name
     doc["valid_domains"] = split_domains(form.get("valid_domains", ""))

@@ -52,9 +52,12 @@ async def create_first_account(request: web.Request) -> web.Response:
             return _gone(request)
         try:
             account, token = await request.config_dict[REGISTRY].create_account(
-                name, actor=SETUP_ACTOR
+                name, actor=SETUP_ACTOR, only_first=True
             )
-        except (ValueError, ConflictError) as exc:
+        except ConflictError:
+            first_run.code = None  # another relay process (or the CLI) was first
+            return _gone(request)
+        except ValueError as exc:
             return render(
                 request,
                 "setup.html",

@@ -78,6 +78,11 @@ class TokenAuth(Model):
     def _header(cls, v: str) -> str:
         return Header(name=v, value="").name
 
+    @field_validator("scheme")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        return v or None  # "" and null both mean: the token alone, no scheme
+
 
 class OAuth2Auth(Model):
     iclient_id: str = Field(pattern=r"^icl_[a-z0-9]+$")

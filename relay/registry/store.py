@@ -68,6 +68,10 @@ _HARMLESS_KEY_ENDS = ("_id", "_url", "_uri", "_location", "_type", "_name")
 _TOKEN_PREFIXES = ("oat_", "oak_")
 
 
+# pg_advisory_xact_lock key of the first-run account creation ("onprem01" in ASCII).
+FIRST_RUN_LOCK = 0x6F6E7072656D3031
+
+
 class SchemaError(RegistryError):
     """The database is not migrated to the revision this relay needs."""
 
@@ -411,13 +415,25 @@ class Registry(ConnectionsMixin, OAuthMixin):
 
     # -- accounts ----------------------------------------------------------------
 
-    async def create_account(self, name: str, *, actor: str = "cli") -> tuple[AccountInfo, str]:
-        """A new account and its API token (returned once, stored as a hash)."""
+    async def create_account(
+        self, name: str, *, actor: str = "cli", only_first: bool = False
+    ) -> tuple[AccountInfo, str]:
+        """A new account and its API token (returned once, stored as a hash).
+        ``only_first``: only if there is no account at all (first-run setup), checked
+        and inserted under one lock across relay processes (ConflictError otherwise)."""
         _check_text("account name", name, NAME_LEN)
         token = new_api_token()
         info = AccountInfo(id=new_id(ACCOUNT_PREFIX), name=name, created_at=_now())
         try:
             async with self._write() as conn:
+                if only_first:
+                    # SQLite writers are serialized already (BEGIN IMMEDIATE).
+                    if conn.dialect.name == "postgresql":
+                        await conn.execute(
+                            sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": FIRST_RUN_LOCK}
+                        )
+                    if await conn.scalar(sa.select(accounts.c.id).limit(1)) is not None:
+                        raise ConflictError("the relay has an account already")
                 taken = await conn.scalar(sa.select(accounts.c.id).where(accounts.c.name == name))
                 if taken is not None:
                     raise ConflictError(f"an account named {name!r} already exists")

@@ -148,6 +148,9 @@ def fill_onprem_connection(page: Page, service: int, agent: str) -> None:
     expect(agent_select.locator("option", has_text=f"{agent} (online)")).to_have_count(1)
     agent_select.select_option(label=f"{agent} (online)")
     page.get_by_label("Base URI").fill(f"http://127.0.0.1:{service}")
+    page.get_by_label("Authentication type").select_option("basic")
+    page.get_by_label("Username").fill("svc")
+    page.get_by_label("Password").fill("erp-pw-7f3a")
     page.get_by_label("Relative URI").fill("/health")
     page.get_by_label("Path to success field in HTTP response body").fill("status")
     page.get_by_label("Success values").fill("ok")
@@ -196,6 +199,9 @@ def test_onprem_connection_test_save_and_errors(
     page.get_by_role("button", name="Save & continue").click()
     expect(page.get_by_text("Not saved: the connection test did not pass.")).to_be_visible()
     assert relay.api("GET", "/v1/connections")[1] == {"connections": []}
+    # The page came back without the password (secrets never go back to a page).
+    expect(page.locator("#f-http-auth-basic-password-help")).to_contain_text("Type it again")
+    page.get_by_label("Password").fill("erp-pw-7f3a")
 
     # A bad field: its error right next to it, the values kept.
     page.get_by_label("Base URI").fill("ftp://erp.internal")
@@ -210,6 +216,7 @@ def test_onprem_connection_test_save_and_errors(
 
     # Fixed: tested and saved; the list shows it online.
     base_uri.fill(f"http://127.0.0.1:{service}")
+    page.get_by_label("Password").fill("erp-pw-7f3a")  # typed again, as the page asks
     page.get_by_role("button", name="Save & continue").click()
     expect(page.get_by_text("The connection was tested and saved.")).to_be_visible()
     expect(page.locator("#connection-state")).to_contain_text("Online")
@@ -220,6 +227,8 @@ def test_onprem_connection_test_save_and_errors(
     [saved] = relay.api("GET", "/v1/connections")[1]["connections"]
     assert saved["mode"] == "onpremise" and saved["state"] == "online"
     assert saved["http"]["ping"]["success_values"] == ["ok"]
+    # The password typed before the tests (run in place by the page's script) was saved.
+    assert saved["http"]["auth"]["basic"] == {"username": "svc", "password": "********"}
 
     # Edit, then Test connection on the unsaved change: the saved one is untouched.
     row.get_by_role("link", name=re.compile("Edit")).click()
@@ -258,6 +267,13 @@ def test_forms_refuse_posts_without_the_csrf_token(page: Page, relay: ConsoleRel
     page.get_by_label("Name", exact=True).fill("legit")
     page.get_by_role("button", name="Create agent").click()
     expect(page.get_by_role("heading", name="Agent created: legit")).to_be_visible()
+    # A taken name: said next to the field, the form kept.
+    page.goto(relay.url + "/console/agents/new")
+    page.get_by_label("Name", exact=True).fill("legit")
+    page.get_by_label("Description").fill("second try")
+    page.get_by_role("button", name="Create agent").click()
+    expect(page.locator("#f-name-error")).to_contain_text("already has an agent named 'legit'")
+    expect(page.get_by_label("Description")).to_have_value("second try")
 
 
 @pytest.fixture
@@ -360,7 +376,16 @@ def test_works_without_javascript(page: Page, relay: ConsoleRelay, service: int)
     page.get_by_label("Name", exact=True).fill("Cloud health")
     page.get_by_label("Base URI").fill(f"http://127.0.0.1:{service}")
     page.get_by_label("Relative URI").fill("/health")
+    page.get_by_label("Authentication type").select_option("token")
+    page.get_by_label("Token", exact=True).fill("svc-token-1")
     page.get_by_role("button", name="Test connection").click()
     expect(page.locator("#test-result")).to_contain_text("Cloud route, HTTP 200")
+    # The page came back without the secret (never sent back): it must be typed again.
+    assert "svc-token-1" not in page.content()
+    page.get_by_role("button", name="Save & continue").click()
+    expect(page.locator("#f-http-auth-token-token-error")).to_contain_text("type it again")
+    page.get_by_label("Token", exact=True).fill("svc-token-1")
     page.get_by_role("button", name="Save & continue").click()
     expect(page.get_by_text("The connection was tested and saved.")).to_be_visible()
+    [saved] = relay.api("GET", "/v1/connections")[1]["connections"]
+    assert saved["http"]["auth"]["token"]["token"] == "********"

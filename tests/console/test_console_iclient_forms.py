@@ -175,9 +175,12 @@ def test_irrelevant_empty_token_fields_keep_their_values() -> None:
     # Token in a header: an emptied parameter name is irrelevant.
     assert iclient_doc(form(param_name=""), stored_doc(param_name="tok"))["param_name"] == "tok"
     assert iclient_doc(form(param_name=""), None)["param_name"] == "access_token"
-    # Where they matter, empty goes to the API, which names the field.
-    assert iclient_doc(form(header_name=""), stored)["header_name"] == ""
-    assert iclient_doc(form(token_location="url", param_name=""), None)["param_name"] == ""
+    # Where they matter too, empty means the stored value or the default (the help
+    # says so), never an invalid empty name.
+    assert iclient_doc(form(header_name=""), stored)["header_name"] == "X-Token"
+    assert iclient_doc(form(token_location="url", param_name=""), None)["param_name"] == (
+        "access_token"
+    )
 
 
 def test_values_from_a_document() -> None:

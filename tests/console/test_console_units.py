@@ -16,9 +16,12 @@ from relay.console.client import ApiAnswer, loopback_base
 from relay.console.connections import (
     COLLAPSED_SECTIONS,
     NEW_VALUES,
+    RETYPE,
     _section_in_use,
     connection_doc,
     connection_values,
+    form_values,
+    on_fields,
     split_list,
 )
 from relay.console.session import COOKIE_NAME, Session, SessionCodec, csrf_ok
@@ -159,14 +162,15 @@ def test_a_full_form_is_a_valid_document_and_back() -> None:
         "http.auth.token.scheme": "",
         "http.auth.fail_status_code": "403",
         "http.auth.fail_path": "error.code",
-        "http.auth.fail_values": "expired, invalid",
+        "http.auth.fail_values": "expired\r\ninvalid, or worse",
         "http.rate_limit.fail_status_code": "503",
         "http.rate_limit.wait_between_requests_ms": "250",
         "http.ping.method": "POST",
         "http.ping.relative_uri": "/ping",
         "http.ping.body": '{"hello": [1, 2]}',
         "http.ping.success_path": "status",
-        "http.ping.success_values": "ok,up",
+        "http.ping.success_values": "ok\nup",
+        "http.ca_pem": "-----BEGIN CERTIFICATE-----\r\nMIIB\r\n-----END CERTIFICATE-----",
         "http.concurrency_level": "4",
         "http.disable_strict_ssl": "on",
         "http.timeout_s": "12.5",
@@ -180,7 +184,8 @@ def test_a_full_form_is_a_valid_document_and_back() -> None:
         ("X-Tenant", "acme"),
     ]
     assert spec.http.auth.token is not None and spec.http.auth.token.scheme is None
-    assert spec.http.auth.fail_values == ["expired", "invalid"]
+    assert spec.http.auth.fail_values == ["expired", "invalid, or worse"]
+    assert spec.http.ca_pem is not None and "\r" not in spec.http.ca_pem
     assert spec.http.ping is not None and spec.http.ping.body == {"hello": [1, 2]}
     assert spec.http.ping.success_values == ["ok", "up"]
     assert spec.http.rate_limit.wait_between_requests_ms == 250
@@ -191,11 +196,27 @@ def test_a_full_form_is_a_valid_document_and_back() -> None:
     values = connection_values(shown)
     assert "http.auth.token.token" not in values  # secrets are never put back in a page
     assert values["http.headers"] == "Accept: application/json\nX-Tenant: acme"
-    assert values["http.auth.fail_values"] == "expired, invalid"
+    assert values["http.auth.fail_values"] == "expired\ninvalid, or worse"
     again, errors = connection_doc({**values, "http.auth.token.token": ""}, stored=shown)
     assert errors == {}
     assert again["http"]["auth"]["token"]["token"] == MASK  # empty input: keep the stored one
     assert again["http"]["auth"]["token"]["header_name"] == "X-Api-Key"
+    # Saved again unchanged, the document is the same (no drift, no re-test).
+    assert (
+        ConnectionIn.model_validate(
+            {
+                **again,
+                "http": {
+                    **again["http"],
+                    "auth": {
+                        **again["http"]["auth"],
+                        "token": {**again["http"]["auth"]["token"], "token": "s3cret"},
+                    },
+                },
+            }
+        )
+        == spec
+    )
 
 
 def test_local_errors_before_any_api_call() -> None:
@@ -244,8 +265,56 @@ def test_oauth2_fields() -> None:
 
 
 def test_split_list() -> None:
-    assert split_list("a, b,,c\nd") == ["a", "b", "c", "d"]
+    assert split_list("a, b\n\n c \r\nd") == ["a, b", "c", "d"]
     assert split_list("") == [] and split_list(None) == []
+
+
+def test_token_scheme_empty_means_none_either_way() -> None:
+    doc, _ = connection_doc(_form(**{"http.auth.type": "token", "http.auth.token.token": "t"}))
+    spec = ConnectionIn.model_validate(doc)
+    assert spec.http.auth.token is not None and spec.http.auth.token.scheme is None
+
+
+def test_auth_error_fields_only_with_auth() -> None:
+    doc, _ = connection_doc(
+        _form(**{"http.auth.fail_status_code": "x", "http.auth.fail_path": "a"})
+    )
+    assert doc["http"]["auth"]["fail_status_code"] is None
+    assert doc["http"]["auth"]["fail_path"] is None
+
+
+def test_a_secret_typed_before_the_page_came_back_must_be_typed_again() -> None:
+    typed = _form(
+        **{
+            "http.auth.type": "basic",
+            "http.auth.basic.username": "u",
+            "http.auth.basic.password": "pw",
+        }
+    )
+    values = form_values(typed)
+    assert "http.auth.basic.password" not in values
+    assert values[RETYPE] == "http.auth.basic.password"
+    stored = {"http": {"auth": {"basic": {"username": "u", "password": MASK}}}}
+    # Saved without typing it again: refused, not silently the old (or no) password.
+    _, errors = connection_doc({**values, "http.auth.basic.password": ""}, stored=stored)
+    assert errors["http.auth.basic.password"].startswith("type it again")
+    doc, errors = connection_doc({**values, "http.auth.basic.password": "pw2"}, stored=stored)
+    assert errors == {} and doc["http"]["auth"]["basic"]["password"] == "pw2"
+
+
+def test_errors_on_list_items_sit_on_their_field() -> None:
+    assert on_fields(
+        {
+            "http.headers.0.name": "not a valid HTTP header name",
+            "http.headers.1.value": "no CR",
+            "http.base_uri": "must be a URL",
+            "body": "odd",
+        }
+    ) == {
+        "http.headers": "0.name: not a valid HTTP header name; 1.value: no CR",
+        "http.base_uri": "must be a URL",
+        "body": "odd",
+    }
 
 
 def test_collapsed_sections_open_when_something_in_them_is_set() -> None:

@@ -473,3 +473,26 @@ def test_secret_box_bad_key_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"secrets\.key"):
         SecretBox.load_or_create(path)
     assert path.read_text() == "not a key\n"  # never replaced
+
+
+async def test_only_one_first_account_across_processes(
+    registry: Registry, database_url: str
+) -> None:
+    """First-run setup on two relay processes at once: exactly one first account."""
+    other = await Registry.open(database_url)  # a second process's engine
+    try:
+        results = await asyncio.gather(
+            *(
+                reg.create_account(f"first-{i}", actor="console:setup", only_first=True)
+                for i, reg in enumerate([registry, other, registry, other])
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await other.close()
+    created = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, ConflictError)]
+    assert len(created) == 1 and len(refused) == 3, results
+    assert [a.name for a in await registry.list_accounts()] == [created[0][0].name]
+    # Without only_first, more accounts are as usual.
+    await registry.create_account("second")

@@ -31,6 +31,7 @@ function copy(button) {
   const target = document.getElementById(button.dataset.copyTarget);
   if (!target) return;
   const done = () => {
+    button.setAttribute("aria-live", "polite");
     button.textContent = "Copied";
     setTimeout(() => { button.textContent = "Copy"; }, 2000);
   };
@@ -44,10 +45,14 @@ function copy(button) {
 }
 
 function pollAgents(table) {
+  let busy = false;
+  let timer = null;
   const update = async () => {
+    if (busy || document.hidden) return;
+    busy = true;
     try {
       const response = await fetch(table.dataset.poll, { credentials: "same-origin" });
-      if (!response.ok) return;
+      if (!response.ok) { clearInterval(timer); return; }  // signed out: stop asking
       const data = await response.json();
       for (const a of data.agents) {
         const row = table.querySelector('tr[data-agent="' + a.id + '"]');
@@ -60,13 +65,46 @@ function pollAgents(table) {
         row.querySelector('[data-col="last_seen"]').textContent = a.last_seen || "never";
         row.querySelector('[data-col="sessions"]').textContent = String(a.sessions);
       }
-    } catch (e) { /* the next poll tries again */ }
+    } catch (e) { /* the next poll tries again */ } finally { busy = false; }
   };
-  setInterval(update, 2000);
+  timer = setInterval(update, 2000);
+}
+
+// Test connection without leaving the page: the form, and the secrets typed in it,
+// stay as they are; only the result block is fetched and put in place.
+function testInline(form) {
+  const slot = document.getElementById("test-result-slot");
+  if (!slot) return;
+  let running = false;
+  form.addEventListener("submit", async (event) => {
+    if (!event.submitter || event.submitter.value !== "test") return;
+    event.preventDefault();
+    if (running) return;
+    running = true;
+    const data = new FormData(form);
+    data.set("action", "test");
+    slot.innerHTML = '<p class="test-result" role="status">Testing…</p>';
+    try {
+      const response = await fetch(form.getAttribute("action"), {
+        method: "POST", body: data, credentials: "same-origin",
+        headers: { "X-Console-Fragment": "test-result" },
+      });
+      if (response.status === 401 || response.status === 403) { window.location.reload(); return; }
+      // Server-rendered and escaped by the console's own templates.
+      slot.innerHTML = await response.text();
+      const result = document.getElementById("test-result");
+      if (result) result.focus();
+    } catch (e) {
+      slot.innerHTML = '<p class="test-result failed" role="alert">The relay did not answer.</p>';
+    } finally {
+      running = false;
+    }
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   for (const form of document.querySelectorAll("form")) {
+    if (form.hasAttribute("data-test-inline")) testInline(form);
     if (!form.querySelector("[data-show-when]")) continue;
     refresh(form);
     form.addEventListener("change", () => refresh(form));
@@ -75,7 +113,9 @@ document.addEventListener("DOMContentLoaded", () => {
     button.addEventListener("click", () => copy(button));
   }
   for (const table of document.querySelectorAll("table[data-poll]")) pollAgents(table);
-  const attention = document.querySelector('[aria-invalid="true"]') ||
-    document.getElementById("test-result") || document.getElementById("form-error");
+  const visible = (el) => el && el.offsetParent !== null;
+  const invalid = Array.from(document.querySelectorAll('[aria-invalid="true"]')).find(visible);
+  const attention = invalid || [document.getElementById("test-result"),
+    document.getElementById("form-error")].find(visible);
   if (attention) attention.focus();
 });
