@@ -216,9 +216,27 @@ async def new_iclient_page(request: web.Request) -> web.Response:
     return _form_page(request, iclient=None, values=dict(NEW_VALUES))
 
 
+def _retype_missing(form: dict[str, str]) -> dict[str, str]:
+    """A secret typed before the form came back must be typed again: saving the stored
+    one (or none) instead would not be what the user typed."""
+    if form.get("retype") == "client_secret" and not form.get("client_secret"):
+        return {"client_secret": "type it again: a typed secret is not sent back to the page"}
+    return {}
+
+
 @signed_in
 async def create_iclient(request: web.Request) -> web.Response:
     form = await form_of(request)
+    missing = _retype_missing(form)
+    if missing:
+        return _form_page(
+            request,
+            iclient=None,
+            values=posted_values(form),
+            errors=missing,
+            retype_secret=True,
+            status=400,
+        )
     answer = await api(request, "POST", "/v1/iclients", json_body=iclient_doc(form, None))
     if answer.status == 400:
         return _form_page(
@@ -251,6 +269,16 @@ async def save_iclient(request: web.Request) -> web.Response:
     if not shown.ok:
         return api_failure(request, shown)
     form = await form_of(request)
+    missing = _retype_missing(form)
+    if missing:
+        return _form_page(
+            request,
+            iclient=shown.body,
+            values=posted_values(form),
+            errors=missing,
+            retype_secret=True,
+            status=400,
+        )
     doc = iclient_doc(form, shown.body)
     answer = await api(request, "PATCH", f"/v1/iclients/{iclient_id}", json_body=doc)
     if answer.status in (400, 409):

@@ -9,6 +9,7 @@ from relay.console.iclients import (
     FIELDS,
     MASK,
     NEW_VALUES,
+    _retype_missing,
     field_errors,
     iclient_doc,
     iclient_values,
@@ -297,3 +298,11 @@ def test_domain_errors_sit_next_to_the_domains() -> None:
         "token_url": "must be an https:// URL",
         "body": "odd",
     }
+
+
+def test_a_secret_typed_before_the_form_came_back_must_be_typed_again() -> None:
+    assert _retype_missing({"retype": "client_secret", "client_secret": ""}) == {
+        "client_secret": "type it again: a typed secret is not sent back to the page"
+    }
+    assert _retype_missing({"retype": "client_secret", "client_secret": "s"}) == {}
+    assert _retype_missing({"client_secret": ""}) == {}
