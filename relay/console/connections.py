@@ -92,6 +92,14 @@ FIELDS = frozenset(
     }
 )
 
+# The token fields' defaults (the API's), shown until Token auth is chosen.
+TOKEN_DEFAULTS = {
+    "http.auth.token.location": "header",
+    "http.auth.token.header_name": "Authorization",
+    "http.auth.token.scheme": "Bearer",
+    "http.auth.token.param_name": "access_token",
+}
+
 # Sections shown collapsed unless something in them is set or wrong.
 COLLAPSED_SECTIONS = {
     "rate_limit": ("http.rate_limit.",),
@@ -207,15 +215,11 @@ def connection_doc(
         "basic": None,
         "token": None,
         "oauth2": None,
-        "fail_status_code": None,
-        "fail_path": None,
-        "fail_values": [],
+        # Detected with any auth type (a key in a plain header needs them too).
+        "fail_status_code": _number(form, "http.auth.fail_status_code", int),
+        "fail_path": _text(form, "http.auth.fail_path"),
+        "fail_values": split_list(form.get("http.auth.fail_values")),
     }
-    if auth_type != "none":
-        # Auth errors are detected only with some auth (the fields are hidden else).
-        auth["fail_status_code"] = _number(form, "http.auth.fail_status_code", int)
-        auth["fail_path"] = _text(form, "http.auth.fail_path")
-        auth["fail_values"] = split_list(form.get("http.auth.fail_values"))
     if auth_type == "basic":
         auth["basic"] = {
             "username": form.get("http.auth.basic.username", "").strip(),
@@ -331,6 +335,9 @@ def connection_values(doc: dict[str, Any]) -> dict[str, str]:
             values[name] = ""
         else:
             values[name] = str(value)
+    if get(doc, "http.auth.token") is None:
+        # Token not chosen yet: its fields start with the API's defaults.
+        values.update(TOKEN_DEFAULTS)
     return values
 
 
@@ -381,10 +388,6 @@ NEW_VALUES = {
     **connection_values(connection_doc({})[0]),
     "name": "",
     "http.base_uri": "",
-    # Shown once Token is chosen: the API's defaults.
-    "http.auth.token.header_name": "Authorization",
-    "http.auth.token.scheme": "Bearer",
-    "http.auth.token.param_name": "access_token",
     RETYPE: "",
 }
 
@@ -590,7 +593,7 @@ async def _test_fragment(
             errors = on_fields(answer.field_errors()) or {
                 "": str(answer.error.get("message", "the test could not run"))
             }
-    return render(
+    response = render(
         request,
         "connections/test_result.html",
         {
@@ -600,6 +603,10 @@ async def _test_fragment(
         },
         status=200 if not errors else 400,
     )
+    # The script puts only an answer marked so into the page (not a sign-in page or
+    # an error page it was redirected to).
+    response.headers[FRAGMENT_HEADER] = "test-result"
+    return response
 
 
 async def _refused(

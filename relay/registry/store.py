@@ -68,7 +68,8 @@ _HARMLESS_KEY_ENDS = ("_id", "_url", "_uri", "_location", "_type", "_name")
 _TOKEN_PREFIXES = ("oat_", "oak_")
 
 
-# pg_advisory_xact_lock key of the first-run account creation ("onprem01" in ASCII).
+# pg_advisory_xact_lock key taken by every account creation, so the first-run setup's
+# check and insert happen under it ("onprem01" in ASCII).
 FIRST_RUN_LOCK = 0x6F6E7072656D3031
 
 
@@ -426,14 +427,15 @@ class Registry(ConnectionsMixin, OAuthMixin):
         info = AccountInfo(id=new_id(ACCOUNT_PREFIX), name=name, created_at=_now())
         try:
             async with self._write() as conn:
-                if only_first:
-                    # SQLite writers are serialized already (BEGIN IMMEDIATE).
-                    if conn.dialect.name == "postgresql":
-                        await conn.execute(
-                            sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": FIRST_RUN_LOCK}
-                        )
-                    if await conn.scalar(sa.select(accounts.c.id).limit(1)) is not None:
-                        raise ConflictError("the relay has an account already")
+                # Every account creation takes the lock, so none slips between a
+                # first-run check and its insert (SQLite writers are serialized
+                # already, BEGIN IMMEDIATE).
+                if conn.dialect.name == "postgresql":
+                    await conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": FIRST_RUN_LOCK}
+                    )
+                if only_first and await conn.scalar(sa.select(accounts.c.id).limit(1)):
+                    raise ConflictError("the relay has an account already")
                 taken = await conn.scalar(sa.select(accounts.c.id).where(accounts.c.name == name))
                 if taken is not None:
                     raise ConflictError(f"an account named {name!r} already exists")

@@ -80,20 +80,3 @@ def empty_relay(tmp_path: Path) -> Iterator[ConsoleRelay]:
 def service() -> Iterator[int]:
     with run_service() as port:
         yield port
-
-
-_UNLABELLED = """() => Array.from(document.querySelectorAll('input, select, textarea'))
-    .filter(el => el.type !== 'hidden' && el.labels.length === 0 && !el.ariaLabel)
-    .map(el => el.name || el.id || el.outerHTML)"""
-
-
-def assert_labelled(page: Page) -> None:
-    """Every form control on the page has a label."""
-    assert page.evaluate(_UNLABELLED) == [], page.url
-
-
-def sign_in(page: Page, relay: ConsoleRelay) -> None:
-    page.goto(relay.url + "/console/")
-    page.get_by_label("API token").fill(relay.api_token)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", name="Connections", exact=True)).to_be_visible()

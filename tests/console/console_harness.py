@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from playwright.sync_api import Page, expect
 
 T = TypeVar("T")
 STARTUP_TIMEOUT = 30.0
@@ -233,3 +234,22 @@ def run_service() -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(STOP_TIMEOUT)
+
+
+# -- browser helpers --------------------------------------------------------------
+
+_UNLABELLED = """() => Array.from(document.querySelectorAll('input, select, textarea'))
+    .filter(el => el.type !== 'hidden' && el.labels.length === 0 && !el.ariaLabel)
+    .map(el => el.name || el.id || el.outerHTML)"""
+
+
+def assert_labelled(page: Page) -> None:
+    """Every form control on the page has a label."""
+    assert page.evaluate(_UNLABELLED) == [], page.url
+
+
+def sign_in(page: Page, relay: ConsoleRelay) -> None:
+    page.goto(relay.url + "/console/")
+    page.get_by_label("API token").fill(relay.api_token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Connections", exact=True)).to_be_visible()

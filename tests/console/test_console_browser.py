@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 from authlib.deprecate import AuthlibDeprecationWarning
-from conftest import assert_labelled, sign_in
-from console_harness import ConsoleRelay, run_agent
+from console_harness import ConsoleRelay, assert_labelled, run_agent, sign_in
 from playwright.sync_api import Page, expect
 
 with warnings.catch_warnings():
@@ -274,6 +273,14 @@ def test_forms_refuse_posts_without_the_csrf_token(page: Page, relay: ConsoleRel
     page.get_by_role("button", name="Create agent").click()
     expect(page.locator("#f-name-error")).to_contain_text("already has an agent named 'legit'")
     expect(page.get_by_label("Description")).to_have_value("second try")
+
+    # Signed out meanwhile (the cookie gone): Test connection does not paste the
+    # refusal into the form; the page goes to the sign-in page instead.
+    page.goto(relay.url + "/console/connections/new")
+    page.get_by_label("Name", exact=True).fill("x")
+    page.context.clear_cookies()
+    page.get_by_role("button", name="Test connection").click()
+    expect(page).to_have_url(re.compile(r"/console/sign-in"))
 
 
 @pytest.fixture

@@ -275,12 +275,38 @@ def test_token_scheme_empty_means_none_either_way() -> None:
     assert spec.http.auth.token is not None and spec.http.auth.token.scheme is None
 
 
-def test_auth_error_fields_only_with_auth() -> None:
-    doc, _ = connection_doc(
-        _form(**{"http.auth.fail_status_code": "x", "http.auth.fail_path": "a"})
-    )
-    assert doc["http"]["auth"]["fail_status_code"] is None
-    assert doc["http"]["auth"]["fail_path"] is None
+def test_auth_error_fields_kept_with_any_auth_type() -> None:
+    """A key sent in a plain header (auth none) still has its auth errors detected:
+    saving from the console must not clear them."""
+    stored = ConnectionIn.model_validate(
+        {
+            "name": "n",
+            "http": {
+                "base_uri": "https://x.example",
+                "headers": [{"name": "X-Api-Key", "value": "k"}],
+                "auth": {
+                    "fail_status_code": 403,
+                    "fail_path": "error.code",
+                    "fail_values": ["bad"],
+                },
+            },
+        }
+    ).model_dump(mode="json")
+    doc, errors = connection_doc(connection_values(stored), stored=stored)
+    assert errors == {}
+    assert ConnectionIn.model_validate(doc) == ConnectionIn.model_validate(stored)
+
+
+def test_token_fields_start_with_the_api_defaults_on_an_edit_form() -> None:
+    stored = ConnectionIn.model_validate(
+        {"name": "n", "http": {"base_uri": "https://x.example"}}
+    ).model_dump(mode="json")
+    values = connection_values(stored)
+    assert values["http.auth.token.scheme"] == "Bearer"
+    values.update({"http.auth.type": "token", "http.auth.token.token": "t"})
+    doc, _ = connection_doc(values, stored=stored)
+    token = ConnectionIn.model_validate(doc).http.auth.token
+    assert token is not None and token.scheme == "Bearer" and token.header_name == "Authorization"
 
 
 def test_a_secret_typed_before_the_page_came_back_must_be_typed_again() -> None:

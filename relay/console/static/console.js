@@ -51,8 +51,15 @@ function pollAgents(table) {
     if (busy || document.hidden) return;
     busy = true;
     try {
-      const response = await fetch(table.dataset.poll, { credentials: "same-origin" });
-      if (!response.ok) { clearInterval(timer); return; }  // signed out: stop asking
+      const response = await fetch(table.dataset.poll, {
+        credentials: "same-origin", redirect: "manual",
+      });
+      if (response.type === "opaqueredirect" || response.status === 401 ||
+          response.status === 403) {
+        clearInterval(timer);  // signed out: stop asking
+        return;
+      }
+      if (!response.ok) return;  // a passing failure: the next poll tries again
       const data = await response.json();
       for (const a of data.agents) {
         const row = table.querySelector('tr[data-agent="' + a.id + '"]');
@@ -89,7 +96,12 @@ function testInline(form) {
         method: "POST", body: data, credentials: "same-origin",
         headers: { "X-Console-Fragment": "test-result" },
       });
-      if (response.status === 401 || response.status === 403) { window.location.reload(); return; }
+      if (response.headers.get("X-Console-Fragment") !== "test-result") {
+        // Not a test result (signed out, the connection gone, an error page): go
+        // where the relay sent us, with a plain GET.
+        window.location.assign(response.redirected ? response.url : window.location.href);
+        return;
+      }
       // Server-rendered and escaped by the console's own templates.
       slot.innerHTML = await response.text();
       const result = document.getElementById("test-result");
