@@ -5,6 +5,7 @@ does, and can never do what the API would refuse."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,11 +43,22 @@ class ApiAnswer:
 
     def field_errors(self) -> dict[str, str]:
         """``{"http.base_uri": "must be an http:// or https:// URL", ...}``."""
+        return self.errors_on(())
+
+    def errors_on(self, fields: Collection[str]) -> dict[str, str]:
+        """The field errors by form field: one on a list item (``http.headers.0.name``)
+        goes to the longest of ``fields`` it is under, its message prefixed with the
+        item (``item 1 (name): ...``); errors on other paths keep their name."""
         out: dict[str, str] = {}
         for detail in self.error.get("details") or []:
-            if isinstance(detail, dict) and isinstance(detail.get("field"), str):
-                name, message = detail["field"], str(detail.get("message", "invalid"))
-                out[name] = f"{out[name]}; {message}" if name in out else message
+            if not (isinstance(detail, dict) and isinstance(detail.get("field"), str)):
+                continue
+            name, message = detail["field"], str(detail.get("message", "invalid"))
+            if name not in fields:
+                parent = max((f for f in fields if name.startswith(f + ".")), key=len, default="")
+                if parent:
+                    name, message = parent, f"{_item(name[len(parent) + 1 :])}: {message}"
+            out[name] = f"{out[name]}; {message}" if name in out else message
         return out
 
 
@@ -100,6 +112,14 @@ class ApiClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _item(rest: str) -> str:
+    """``"0.name"`` -> ``"item 1 (name)"``: list positions as people count them."""
+    first, _, more = rest.partition(".")
+    if not first.isdigit():
+        return rest
+    return f"item {int(first) + 1}" + (f" ({more})" if more else "")
 
 
 def _unavailable(message: str) -> ApiAnswer:

@@ -21,6 +21,7 @@ from relay.api.keys import CONFIG
 from relay.console.client import ApiAnswer
 from relay.console.web import api, api_failure, form_of, redirect, render, signed_in
 from relay.models.connection import MASK
+from relay.registry.connections import get_path
 
 _CONNECTION_ID = re.compile(r"^con_[a-z0-9]+$")
 _ERROR_CODE = re.compile(r"^[a-z_]{1,60}$")
@@ -189,12 +190,8 @@ def _secret(
 
 
 def get(doc: dict[str, Any] | None, path: str) -> Any:
-    node: Any = doc
-    for part in path.split("."):
-        if not isinstance(node, dict):
-            return None
-        node = node.get(part)
-    return node
+    """The value at a form field's dotted path in an API document, or None."""
+    return get_path(doc, tuple(path.split(".")))
 
 
 def connection_doc(
@@ -368,19 +365,6 @@ def form_values(form: dict[str, str]) -> dict[str, str]:
     retype = [n for n in SECRETS if form.get(n) or n in form.get(RETYPE, "").split()]
     values[RETYPE] = " ".join(retype)
     return values
-
-
-def on_fields(errors: dict[str, str]) -> dict[str, str]:
-    """API errors on list items (``http.headers.0.name``) put on their form field."""
-    out: dict[str, str] = {}
-    for name, message in errors.items():
-        field, text = name, message
-        if name not in FIELDS:
-            parent = max((f for f in FIELDS if name.startswith(f + ".")), key=len, default=None)
-            if parent is not None:
-                field, text = parent, f"{name[len(parent) + 1 :]}: {message}"
-        out[field] = f"{out[field]}; {text}" if field in out else text
-    return out
 
 
 # The form of a new connection: every default of the API document.
@@ -590,7 +574,7 @@ async def _test_fragment(
         if answer.status == 401:
             return web.Response(status=401)  # the script reloads: to the sign-in page
         if not answer.ok:
-            errors = on_fields(answer.field_errors()) or {
+            errors = answer.errors_on(FIELDS) or {
                 "": str(answer.error.get("message", "the test could not run"))
             }
     response = render(
@@ -621,7 +605,7 @@ async def _refused(
             request,
             values=values,
             stored=stored,
-            errors=on_fields(answer.field_errors()),
+            errors=answer.errors_on(FIELDS),
             message=str(answer.error.get("message", "")),
             status=answer.status,
         )

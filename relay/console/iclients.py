@@ -154,11 +154,7 @@ def posted_values(form: dict[str, str]) -> dict[str, str]:
 def field_errors(answer: ApiAnswer) -> dict[str, str]:
     """The API's field errors by form field: an error on one of the valid domains
     (``valid_domains.2``) sits next to the domains' textarea."""
-    out: dict[str, str] = {}
-    for name, message in answer.field_errors().items():
-        field = "valid_domains" if name.startswith("valid_domains.") else name
-        out[field] = f"{out[field]}; {message}" if field in out else message
-    return out
+    return answer.errors_on(FIELDS)
 
 
 def _iclient_id(request: web.Request) -> str:

@@ -40,6 +40,11 @@ class Session:
     def fresh(cls) -> Session:
         return cls(csrf=secrets.token_urlsafe(32))
 
+    @classmethod
+    def signed_in_as(cls, token: str, account: str) -> Session:
+        """A new session (and CSRF token) on sign-in: nothing from before carries over."""
+        return cls(csrf=secrets.token_urlsafe(32), token=token, account=account)
+
 
 class SessionCodec:
     def __init__(self, key: bytes, *, secure: bool, ttl_s: int = SESSION_TTL_S) -> None:

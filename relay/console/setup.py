@@ -70,10 +70,7 @@ async def create_first_account(request: web.Request) -> web.Response:
             )
         first_run.code = None
     log.info("console_first_account_created", account_id=account.id)
-    session = Session.fresh()
-    session.token = token
-    session.account = account.name
-    request[SESSION] = session
+    request[SESSION] = Session.signed_in_as(token, account.name)
     return render(request, "setup_token.html", {"account": account, "api_token": token})
 
 

@@ -272,11 +272,7 @@ async def sign_in(request: web.Request) -> web.Response:
             {"next": next_url, "errors": {"token": "This API token is not valid."}},
             status=401,
         )
-    # A new session (and CSRF token) on sign-in: nothing from before carries over.
-    session = Session.fresh()
-    session.token = token
-    session.account = account.name
-    request[SESSION] = session
+    request[SESSION] = Session.signed_in_as(token, account.name)
     log.info("console_signed_in", account_id=account.id)
     raise web.HTTPFound(next_url)
 

@@ -294,7 +294,7 @@ def test_domain_errors_sit_next_to_the_domains() -> None:
         },
     )
     assert field_errors(answer) == {
-        "valid_domains": "'a b' is not a host name; 'x/y' is not a host name",
+        "valid_domains": "item 1: 'a b' is not a host name; item 3: 'x/y' is not a host name",
         "token_url": "must be an https:// URL",
         "body": "odd",
     }

@@ -14,14 +14,11 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from relay.console.client import ApiAnswer, loopback_base
 from relay.console.connections import (
-    COLLAPSED_SECTIONS,
-    NEW_VALUES,
+    FIELDS,
     RETYPE,
-    _section_in_use,
     connection_doc,
     connection_values,
     form_values,
-    on_fields,
     split_list,
 )
 from relay.console.session import COOKIE_NAME, Session, SessionCodec, csrf_ok
@@ -329,29 +326,19 @@ def test_a_secret_typed_before_the_page_came_back_must_be_typed_again() -> None:
 
 
 def test_errors_on_list_items_sit_on_their_field() -> None:
-    assert on_fields(
-        {
-            "http.headers.0.name": "not a valid HTTP header name",
-            "http.headers.1.value": "no CR",
-            "http.base_uri": "must be a URL",
-            "body": "odd",
-        }
-    ) == {
-        "http.headers": "0.name: not a valid HTTP header name; 1.value: no CR",
+    details = [
+        {"field": "http.headers.0.name", "message": "not a valid HTTP header name"},
+        {"field": "http.headers.1.value", "message": "no CR"},
+        {"field": "http.auth.oauth2.scope.2", "message": "too long"},
+        {"field": "http.base_uri", "message": "must be a URL"},
+        {"field": "body", "message": "odd"},
+    ]
+    answer = ApiAnswer(
+        400, {"error": {"code": "invalid_request", "message": "", "details": details}}
+    )
+    assert answer.errors_on(FIELDS) == {
+        "http.headers": "item 1 (name): not a valid HTTP header name; item 2 (value): no CR",
+        "http.auth.oauth2.scope": "item 3: too long",
         "http.base_uri": "must be a URL",
         "body": "odd",
     }
-
-
-def test_collapsed_sections_open_when_something_in_them_is_set() -> None:
-    def opened(values: dict[str, str], errors: dict[str, str], key_stored: bool = False) -> bool:
-        stored = {"http.client_certificate.key_pem": key_stored}
-        return _section_in_use(COLLAPSED_SECTIONS["advanced"], values, errors, stored)
-
-    assert not opened(dict(NEW_VALUES), {})
-    assert opened({**NEW_VALUES, "http.concurrency_level": "4"}, {})
-    assert opened(dict(NEW_VALUES), {"http.timeout_s": "must be greater than 0"})
-    assert opened(dict(NEW_VALUES), {}, key_stored=True)
-    assert not _section_in_use(
-        COLLAPSED_SECTIONS["rate_limit"], {**NEW_VALUES, "http.concurrency_level": "4"}, {}, {}
-    )
