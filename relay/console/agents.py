@@ -8,7 +8,7 @@ import re
 
 from aiohttp import web
 
-from relay.console.web import api, api_failure, form_of, redirect, render, signed_in
+from relay.console.web import api, api_failure, fetch, form_of, redirect, render, signed_in
 
 _AGENT_ID = re.compile(r"^agt_[a-z0-9]+$")
 
@@ -22,9 +22,7 @@ def _agent_id(request: web.Request) -> str:
 
 @signed_in
 async def agents_page(request: web.Request) -> web.Response:
-    answer = await api(request, "GET", "/v1/agents")
-    if not answer.ok:
-        return api_failure(request, answer)
+    answer = await fetch(request, "/v1/agents")
     return render(request, "agents/list.html", {"agents": answer.body["agents"]})
 
 
@@ -81,9 +79,7 @@ async def create_agent(request: web.Request) -> web.Response:
 async def confirm_page(request: web.Request) -> web.Response:
     """``/agents/{id}/rotate-token`` and ``/agents/{id}/delete``: say what will happen."""
     agent_id = _agent_id(request)
-    answer = await api(request, "GET", f"/v1/agents/{agent_id}")
-    if not answer.ok:
-        return api_failure(request, answer)
+    answer = await fetch(request, f"/v1/agents/{agent_id}")
     action = request.match_info["action"]
     return render(request, "agents/confirm.html", {"agent": answer.body, "action": action})
 
@@ -96,9 +92,7 @@ async def confirmed(request: web.Request) -> web.Response:
         answer = await api(request, "POST", f"/v1/agents/{agent_id}/rotate-token")
         if not answer.ok:
             return api_failure(request, answer)
-        shown = await api(request, "GET", f"/v1/agents/{agent_id}")
-        if not shown.ok:
-            return api_failure(request, shown)
+        shown = await fetch(request, f"/v1/agents/{agent_id}")
         agent = {**shown.body, "token": answer.body["token"]}
         return render(
             request,
@@ -107,9 +101,7 @@ async def confirmed(request: web.Request) -> web.Response:
         )
     answer = await api(request, "DELETE", f"/v1/agents/{agent_id}")
     if answer.status == 409:
-        shown = await api(request, "GET", f"/v1/agents/{agent_id}")
-        if not shown.ok:
-            return api_failure(request, shown)
+        shown = await fetch(request, f"/v1/agents/{agent_id}")
         return render(
             request,
             "agents/confirm.html",

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from relay.api.keys import CONFIG
 from relay.console.client import ApiAnswer
-from relay.console.web import api, api_failure, form_of, redirect, render, signed_in
+from relay.console.web import api, api_failure, fetch, form_of, redirect, render, signed_in
 from relay.models.connection import MASK
 from relay.registry.connections import get_path
 
@@ -389,24 +389,15 @@ def _connection_id(request: web.Request) -> str:
 async def _choices(request: web.Request, exclude: str | None = None) -> dict[str, Any]:
     """The agents (with their status), iClients and connections the form offers."""
     agents, iclients, connections = await asyncio.gather(
-        api(request, "GET", "/v1/agents"),
-        api(request, "GET", "/v1/iclients"),
-        api(request, "GET", "/v1/connections"),
+        fetch(request, "/v1/agents"),
+        fetch(request, "/v1/iclients"),
+        fetch(request, "/v1/connections"),
     )
-    for answer in (agents, iclients, connections):
-        if not answer.ok:
-            raise _Failed(answer)
     return {
         "agents": agents.body["agents"],
         "iclients": iclients.body["iclients"],
         "others": [c for c in connections.body["connections"] if c["id"] != exclude],
     }
-
-
-class _Failed(Exception):
-    def __init__(self, answer: ApiAnswer) -> None:
-        super().__init__(answer.status)
-        self.answer = answer
 
 
 async def _form_page(
@@ -419,10 +410,7 @@ async def _form_page(
     test: dict[str, Any] | None = None,
     status: int = 200,
 ) -> web.Response:
-    try:
-        choices = await _choices(request, stored["id"] if stored else None)
-    except _Failed as failed:
-        return api_failure(request, failed.answer)
+    choices = await _choices(request, stored["id"] if stored else None)
     authorized = None
     result = request.query.get("result")
     if stored is not None and result in AUTHORIZE_RESULTS:
@@ -464,12 +452,8 @@ async def _form_page(
 
 @signed_in
 async def connections_page(request: web.Request) -> web.Response:
-    answer = await api(request, "GET", "/v1/connections")
-    if not answer.ok:
-        return api_failure(request, answer)
-    agents = await api(request, "GET", "/v1/agents")
-    if not agents.ok:
-        return api_failure(request, agents)
+    answer = await fetch(request, "/v1/connections")
+    agents = await fetch(request, "/v1/agents")
     names = {a["id"]: a for a in agents.body["agents"]}
     return render(
         request,
@@ -486,9 +470,7 @@ async def new_connection_page(request: web.Request) -> web.Response:
 @signed_in
 async def edit_connection_page(request: web.Request) -> web.Response:
     connection_id = _connection_id(request)
-    answer = await api(request, "GET", f"/v1/connections/{connection_id}")
-    if not answer.ok:
-        return api_failure(request, answer)
+    answer = await fetch(request, f"/v1/connections/{connection_id}")
     return await _form_page(request, values=connection_values(answer.body), stored=answer.body)
 
 
@@ -500,9 +482,7 @@ async def submit_new(request: web.Request) -> web.Response:
 @signed_in
 async def submit_edit(request: web.Request) -> web.Response:
     connection_id = _connection_id(request)
-    answer = await api(request, "GET", f"/v1/connections/{connection_id}")
-    if not answer.ok:
-        return api_failure(request, answer)
+    answer = await fetch(request, f"/v1/connections/{connection_id}")
     return await _submit(request, answer.body)
 
 
@@ -637,9 +617,7 @@ async def _authorize(request: web.Request, connection_id: str, notice: str) -> w
 @signed_in
 async def confirm_delete(request: web.Request) -> web.Response:
     connection_id = _connection_id(request)
-    answer = await api(request, "GET", f"/v1/connections/{connection_id}")
-    if not answer.ok:
-        return api_failure(request, answer)
+    answer = await fetch(request, f"/v1/connections/{connection_id}")
     return render(request, "connections/confirm.html", {"connection": answer.body})
 
 
@@ -648,9 +626,7 @@ async def delete(request: web.Request) -> web.Response:
     connection_id = _connection_id(request)
     answer = await api(request, "DELETE", f"/v1/connections/{connection_id}")
     if answer.status == 409:
-        shown = await api(request, "GET", f"/v1/connections/{connection_id}")
-        if not shown.ok:
-            return api_failure(request, shown)
+        shown = await fetch(request, f"/v1/connections/{connection_id}")
         return render(
             request,
             "connections/confirm.html",

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from relay.console.client import ApiAnswer
-from relay.console.web import api, api_failure, form_of, redirect, render, signed_in
+from relay.console.web import api, api_failure, fetch, form_of, redirect, render, signed_in
 from relay.models.connection import MASK  # shown for a stored secret; sent back: keep it
 
 _ICLIENT_ID = re.compile(r"^icl_[a-z0-9]+$")
@@ -197,9 +197,7 @@ def _form_page(
 
 @signed_in
 async def iclients_page(request: web.Request) -> web.Response:
-    answer = await api(request, "GET", "/v1/iclients")
-    if not answer.ok:
-        return api_failure(request, answer)
+    answer = await fetch(request, "/v1/iclients")
     return render(
         request,
         "iclients/list.html",
@@ -222,66 +220,46 @@ def _retype_missing(form: dict[str, str]) -> dict[str, str]:
 
 @signed_in
 async def create_iclient(request: web.Request) -> web.Response:
-    form = await form_of(request)
-    missing = _retype_missing(form)
-    if missing:
-        return _form_page(
-            request,
-            iclient=None,
-            values=posted_values(form),
-            errors=missing,
-            retype_secret=True,
-            status=400,
-        )
-    answer = await api(request, "POST", "/v1/iclients", json_body=iclient_doc(form, None))
-    if answer.status == 400:
-        return _form_page(
-            request,
-            iclient=None,
-            values=posted_values(form),
-            errors=field_errors(answer),
-            message=str(answer.error.get("message", "")),
-            retype_secret=bool(form.get("client_secret", "").strip()),
-            status=400,
-        )
-    if not answer.ok:
-        return api_failure(request, answer)
-    raise redirect("/iclients", "iclient_saved")
+    return await _save(request, None)
 
 
 @signed_in
 async def edit_iclient_page(request: web.Request) -> web.Response:
     iclient_id = _iclient_id(request)
-    answer = await api(request, "GET", f"/v1/iclients/{iclient_id}")
-    if not answer.ok:
-        return api_failure(request, answer)
+    answer = await fetch(request, f"/v1/iclients/{iclient_id}")
     return _form_page(request, iclient=answer.body, values=iclient_values(answer.body))
 
 
 @signed_in
 async def save_iclient(request: web.Request) -> web.Response:
-    iclient_id = _iclient_id(request)
-    shown = await api(request, "GET", f"/v1/iclients/{iclient_id}")
-    if not shown.ok:
-        return api_failure(request, shown)
+    shown = await fetch(request, f"/v1/iclients/{_iclient_id(request)}")
+    return await _save(request, shown.body)
+
+
+async def _save(request: web.Request, iclient: dict[str, Any] | None) -> web.Response:
+    """Create (``iclient`` None) or change an iClient; the form again, with the errors
+    next to their fields, when the API says no (409 on a change: someone else saved
+    it meanwhile; the form stays, to save again)."""
     form = await form_of(request)
     missing = _retype_missing(form)
     if missing:
         return _form_page(
             request,
-            iclient=shown.body,
+            iclient=iclient,
             values=posted_values(form),
             errors=missing,
             retype_secret=True,
             status=400,
         )
-    doc = iclient_doc(form, shown.body)
-    answer = await api(request, "PATCH", f"/v1/iclients/{iclient_id}", json_body=doc)
+    doc = iclient_doc(form, iclient)
+    if iclient is None:
+        answer = await api(request, "POST", "/v1/iclients", json_body=doc)
+    else:
+        answer = await api(request, "PATCH", f"/v1/iclients/{iclient['id']}", json_body=doc)
     if answer.status in (400, 409):
-        # 409: someone else saved it meanwhile; the form stays, to save again.
         return _form_page(
             request,
-            iclient=shown.body,
+            iclient=iclient,
             values=posted_values(form),
             errors=field_errors(answer) if answer.status == 400 else {},
             message=str(answer.error.get("message", "")),
@@ -296,9 +274,7 @@ async def save_iclient(request: web.Request) -> web.Response:
 @signed_in
 async def confirm_delete_page(request: web.Request) -> web.Response:
     iclient_id = _iclient_id(request)
-    answer = await api(request, "GET", f"/v1/iclients/{iclient_id}")
-    if not answer.ok:
-        return api_failure(request, answer)
+    answer = await fetch(request, f"/v1/iclients/{iclient_id}")
     return render(request, "iclients/confirm.html", {"iclient": answer.body, "in_use": []})
 
 
@@ -307,9 +283,7 @@ async def delete_iclient(request: web.Request) -> web.Response:
     iclient_id = _iclient_id(request)
     answer = await api(request, "DELETE", f"/v1/iclients/{iclient_id}")
     if answer.status == 409:
-        shown = await api(request, "GET", f"/v1/iclients/{iclient_id}")
-        if not shown.ok:
-            return api_failure(request, shown)
+        shown = await fetch(request, f"/v1/iclients/{iclient_id}")
         return render(
             request,
             "iclients/confirm.html",

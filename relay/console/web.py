@@ -110,6 +110,23 @@ async def api(
     )
 
 
+class ApiFailed(Exception):
+    """An API call a page cannot do without failed: the middleware answers with
+    ``api_failure`` (the sign-in page for a dead token, an error page otherwise)."""
+
+    def __init__(self, answer: ApiAnswer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+
+
+async def fetch(request: web.Request, path: str) -> ApiAnswer:
+    """GET ``path`` from the API; a successful answer, or ApiFailed."""
+    answer = await api(request, "GET", path)
+    if not answer.ok:
+        raise ApiFailed(answer)
+    return answer
+
+
 async def form_of(request: web.Request) -> dict[str, str]:
     """The posted form as strings (a repeated field keeps its last value)."""
     if FORM not in request:
@@ -221,6 +238,11 @@ async def console_middleware(request: web.Request, handler: Handler) -> web.Stre
                 response = await handler(request)
         else:
             response = await handler(request)
+    except ApiFailed as failed:
+        try:
+            response = api_failure(request, failed.answer)
+        except web.HTTPException as to_sign_in:
+            response = to_sign_in
     except web.HTTPException as exc:
         if exc.status < 400:
             response = exc
